@@ -1,0 +1,59 @@
+"""calibkit: measure, show and improve the calibration of segmentation models.
+
+The public API is importable from here; heavy libraries (torch, MONAI,
+matplotlib, pandas) are imported only by the functions that use them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinStats",
+    "CalibrationErrors",
+    "__version__",
+    "average_calibration_error",
+    "bin_edges",
+    "bin_statistics",
+    "calibration_errors",
+    "dice_score",
+    "evaluate_folders",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+]
+
+_LAZY = {
+    "BinStats": "calibkit.binning",
+    "bin_edges": "calibkit.binning",
+    "bin_statistics": "calibkit.binning",
+    "CalibrationErrors": "calibkit.metrics",
+    "average_calibration_error": "calibkit.metrics",
+    "calibration_errors": "calibkit.metrics",
+    "dice_score": "calibkit.metrics",
+    "expected_calibration_error": "calibkit.metrics",
+    "maximum_calibration_error": "calibkit.metrics",
+    "evaluate_folders": "calibkit.evaluate",
+}
+
+if TYPE_CHECKING:
+    from calibkit.binning import BinStats, bin_edges, bin_statistics
+    from calibkit.evaluate import evaluate_folders
+    from calibkit.metrics import (
+        CalibrationErrors,
+        average_calibration_error,
+        calibration_errors,
+        dice_score,
+        expected_calibration_error,
+        maximum_calibration_error,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy attribute access keeps `import calibkit` (and `calibkit --help`) fast.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'calibkit' has no attribute {name!r}")

@@ -1,0 +1,288 @@
+"""The ``calibkit`` command line: parse, call one library function, render.
+
+Only typer and rich are imported at start-up; numpy, pandas, nibabel and torch
+are imported inside the commands, so ``calibkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from calibkit import __version__
+from calibkit.errors import CalibkitError
+
+if TYPE_CHECKING:
+    from calibkit.evaluate import Evaluation
+
+app = typer.Typer(
+    name="calibkit",
+    help=(
+        "Measure, show and improve the calibration of medical image segmentation models "
+        "(mL1-ACE / ECE / MCE, Barfoot et al., MICCAI 2024)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Piped output has no terminal width: keep table rows on one line in logs.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+stderr = Console(stderr=True, highlight=False)
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    numpy = "numpy"
+    torch = "torch"
+
+
+class DiceMode(str, Enum):
+    threshold = "threshold"
+    argmax = "argmax"
+
+
+class InputKind(str, Enum):
+    probabilities = "probabilities"
+    logits = "logits"
+
+
+class ActivationName(str, Enum):
+    softmax = "softmax"
+    sigmoid = "sigmoid"
+
+
+class Preset(str, Enum):
+    brats = "brats"
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"calibkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Measure, show and improve the calibration of segmentation models."""
+
+
+@contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Turn calibkit's errors into one line on stderr and exit code 1 (a traceback with --debug)."""
+    try:
+        yield
+    except CalibkitError as error:
+        if debug:
+            raise
+        stderr.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted; nothing was written")
+        raise typer.Exit(130) from None
+
+
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated integers such as 1,2,3, got {text!r}", param_hint=option
+        ) from None
+
+
+def _name_list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(part.strip() for part in text.split(","))
+
+
+def _show_progress(quiet: bool) -> bool:
+    return not quiet and stderr.is_terminal
+
+
+@app.command(
+    "evaluate",
+    epilog=(
+        "Examples:\n\n"
+        "  calibkit evaluate sample_data/predictions/dsc sample_data/brats --preset brats"
+        " --out results/dsc\n\n"
+        "  calibkit evaluate preds/ labelsTr/ --classes 1,2 --class-names liver,tumour"
+        " --out results/\n\n"
+        "  calibkit evaluate logits/ labels/ --input logits --activation sigmoid --out results/"
+    ),
+)
+def evaluate_cli(
+    predictions: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of probability maps (.nii.gz, .nii, .mha, .nrrd, nnU-Net .npz)."
+        ),
+    ],
+    labels: Annotated[
+        Path, typer.Argument(help="Folder of integer label maps (BraTS case folders are searched).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the result tables.")],
+    n_bins: Annotated[int, typer.Option(help="Number of equal-width probability bins.")] = 20,
+    dice_threshold: Annotated[
+        float, typer.Option(help="Dice counts a voxel positive when p >= this.")
+    ] = 0.5,
+    dice_mode: Annotated[
+        DiceMode, typer.Option(help="threshold: per class (paper); argmax: exclusive classes.")
+    ] = DiceMode.threshold,
+    classes: Annotated[
+        Optional[str], typer.Option(help="Label values to evaluate, one channel each, e.g. 1,2,3.")
+    ] = None,
+    class_names: Annotated[
+        Optional[str], typer.Option(help="Names of the classes, e.g. liver,tumour.")
+    ] = None,
+    include_background: Annotated[
+        bool, typer.Option("--include-background", help="Evaluate label 0 / channel 0 too.")
+    ] = False,
+    preset: Annotated[Optional[Preset], typer.Option(help="brats: regions ET, TC, WT.")] = None,
+    input_kind: Annotated[
+        InputKind, typer.Option("--input", help="What the prediction files hold.")
+    ] = InputKind.probabilities,
+    activation: Annotated[
+        ActivationName, typer.Option(help="Turns logits into probabilities (with --input logits).")
+    ] = ActivationName.softmax,
+    suffix: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Extra file-name suffix stripped to get case ids (repeatable)."),
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="Skip cases without a partner (they are listed)."),
+    ] = False,
+    ignore_geometry: Annotated[
+        bool,
+        typer.Option("--ignore-geometry", help="Warn instead of failing on affine mismatches."),
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Cases processed in parallel processes.")] = 1,
+    backend: Annotated[
+        Backend, typer.Option(help="auto picks torch when a GPU is usable.")
+    ] = Backend.auto,
+    device: Annotated[Optional[str], typer.Option(help="Torch device: cpu, cuda, cuda:1.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace results already in --out.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Per-case, per-class ACE / ECE / MCE / Dice of PREDICTIONS against LABELS.
+
+    Writes per_image.csv, summary.csv, summary.json and bins.npz into --out.
+    """
+    with user_errors(debug):
+        from calibkit.evaluate import EvaluationOptions, evaluate_folders
+        from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
+        from calibkit.io.results import prepare_output_dir, save_evaluation
+
+        options = EvaluationOptions(
+            n_bins=n_bins,
+            dice_threshold=dice_threshold,
+            dice_mode=dice_mode.value,
+            classes=_int_list(classes, "--classes"),
+            class_names=_name_list(class_names),
+            include_background=include_background,
+            preset=preset.value if preset else None,
+            input_kind=input_kind.value,  # type: ignore[arg-type]
+            activation=activation.value,  # type: ignore[arg-type]
+            ignore_geometry=ignore_geometry,
+            allow_missing=allow_missing,
+            suffixes=tuple(DEFAULT_CASE_SUFFIXES) + tuple(suffix or ()),
+            backend=backend.value,  # type: ignore[arg-type]
+            device=device,
+        )
+        prepare_output_dir(out, [predictions, labels], overwrite=overwrite)
+        with _case_progress(_show_progress(quiet)) as (on_start, advance):
+            evaluation = evaluate_folders(
+                predictions, labels, options, workers=workers, progress=advance, on_start=on_start
+            )
+        paths = save_evaluation(evaluation, out)
+        for note in evaluation.warnings:
+            stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+        if not quiet:
+            _print_summary(evaluation)
+            stdout.print(f"wrote {', '.join(str(path) for path in paths)}", soft_wrap=True)
+
+
+@contextmanager
+def _case_progress(
+    enabled: bool,
+) -> Iterator[tuple[Callable[[int], None] | None, Callable[[str], None] | None]]:
+    """``(on_start, advance)`` callbacks driving a rich progress bar, or no-ops."""
+    if not enabled:
+        yield (None, None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[case]}"),
+        console=stderr,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("evaluating", total=None, case="")
+
+        def on_start(total: int) -> None:
+            bar.update(task, total=total)
+
+        def advance(case_id: str) -> None:
+            bar.update(task, advance=1, case=case_id)
+
+        yield (on_start, advance)
+
+
+def _print_summary(evaluation: Evaluation) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"{len(evaluation.case_ids)} cases, {evaluation.options.n_bins} bins: "
+        "mean ± std over cases, and pooled",
+        title_justify="left",
+    )
+    table.add_column("class", no_wrap=True)
+    for heading in ("ACE", "ECE", "MCE", "Dice", "pooled ACE"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    rows = {(row["class"], row["metric"]): row for row in evaluation.summary.to_dict("records")}
+    for name in [*evaluation.class_names, "mean"]:
+        cells = [
+            f"{rows[name, metric]['mean']:.3f} ± {rows[name, metric]['std']:.3f}"
+            for metric in ("ace", "ece", "mce", "dice")
+        ]
+        cells.append(f"{rows[name, 'ace']['pooled']:.3f}")
+        table.add_row(name, *cells)
+    stdout.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="calibkit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,38 @@
+"""Errors that calibkit reports to a user as one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CalibkitError(Exception):
+    """Base class of every error calibkit raises on bad input or usage.
+
+    The command line prints ``str(error)`` as one line on stderr and exits 1.
+    """
+
+
+class InputError(CalibkitError):
+    """A file or folder given by the user cannot be used.
+
+    Args:
+        path: the offending file or folder (named first in the message).
+        problem: what is wrong and, where possible, how to fix it.
+    """
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[Path, str]]:
+        # Errors cross process boundaries (--workers): rebuild from both fields.
+        return (InputError, (self.path, self.problem))
+
+
+class PairingError(CalibkitError):
+    """Prediction and label folders do not pair up case by case."""
+
+
+class OutputError(CalibkitError):
+    """The output location cannot be written safely."""

@@ -1,0 +1,387 @@
+"""Seeded generator of a small synthetic BraTS-2021-style data set with two models' predictions.
+
+The quick start, the demo and the tests run on this data with no download. Each case has four
+MR-like modalities, a label map ``{0 background, 1 NCR, 2 ED, 4 ET}`` and two 4-channel softmax
+probability maps (channels BG, NCR, ED, ET) from synthetic "models" that share the same spatial
+error field:
+
+- ``dsc``: sharp and strongly over-confident, as models trained with a Dice loss tend to be;
+- ``dsc_ace``: the same borders, softer and better calibrated.
+
+Layout written under ``out``::
+
+    brats/CASE/CASE_{t1,t1ce,t2,flair}.nii.gz   int16 intensities
+    brats/CASE/CASE_seg.nii.gz                  uint8 labels
+    predictions/{dsc,dsc_ace}/CASE_pred.nii.gz  uint8 probabilities, scl_slope = 1/255
+
+Regenerate the committed copy with ``python -m calibkit.sample_data sample_data``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+__all__ = [
+    "CASE_PREFIX",
+    "MODALITIES",
+    "MODELS",
+    "NO_ET_CASE",
+    "N_CASES",
+    "SAMPLE_SHAPE",
+    "case_ids",
+    "generate_sample_data",
+    "main",
+    "sample_data_dir",
+]
+
+SAMPLE_SHAPE: tuple[int, int, int] = (64, 64, 64)
+N_CASES = 12
+CASE_PREFIX = "BraTS2021_S"
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+# Logit scale per voxel of signed distance: large is over-confident; about 1.7 / (border error
+# std) is calibrated.
+MODELS: dict[str, float] = {"dsc": 16.0, "dsc_ace": 1.4}
+NO_ET_CASE = 3
+"""Index of the case whose tumour has no enhancing rim (label 4 absent)."""
+
+_ERROR_STD = (1.2, 1.0, 1.0)  # std of the models' WT, TC, NCR border errors, in voxels
+_ERROR_BIAS_STD = 0.3  # std of a case's systematic over/under-segmentation, in voxels
+_ERROR_TC_NCR_CORRELATION = 0.7  # TC and NCR borders err together, so the ET rim mostly shifts
+_MODEL_MARGIN = 12  # voxels around the tumour where the models' output is computed
+_NOISE_STD = 4.0  # Gaussian noise of the modalities, in intensity units
+# Mean intensity per tissue (rim, brain, ED, NCR, ET) for each modality.
+# A narrow intensity range keeps the gzip files small (noise level matters far less).
+_CONTRAST: dict[str, tuple[float, float, float, float, float]] = {
+    "t1": (450.0, 310.0, 240.0, 150.0, 280.0),
+    "t1ce": (475.0, 325.0, 270.0, 160.0, 625.0),
+    "t2": (175.0, 260.0, 525.0, 625.0, 410.0),
+    "flair": (125.0, 235.0, 550.0, 260.0, 400.0),
+}
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One synthetic case: geometry, images and the signed distances the models start from."""
+
+    affine: FloatArray
+    labels: NDArray[np.uint8]
+    images: dict[str, NDArray[np.int16]]
+    box: tuple[slice, ...]  # the models' box; both models say background outside it
+    distances: tuple[FloatArray, FloatArray, FloatArray]  # WT, TC, NCR in the box, + inside
+    errors: tuple[FloatArray, FloatArray, FloatArray]  # the models' border errors in the box
+
+
+def sample_data_dir() -> Path:
+    """Return the repository's committed ``sample_data/`` folder."""
+    return Path(__file__).parents[1] / "sample_data"
+
+
+def case_ids(n_cases: int = N_CASES) -> list[str]:
+    """Return the case ids ``BraTS2021_S000`` ... of ``n_cases`` cases."""
+    return [f"{CASE_PREFIX}{i:03d}" for i in range(n_cases)]
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> FloatArray:
+    """Return a zero-mean, unit-std random field smoothed with a Gaussian of ``sigma`` voxels."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap", truncate=3.0)
+    field -= field.mean()
+    return np.asarray(field / field.std(), dtype=np.float64)
+
+
+def _deformed_ellipsoid(
+    coords: FloatArray,
+    centre: FloatArray,
+    radii: FloatArray,
+    deformation: FloatArray,
+    amplitude: float,
+) -> BoolArray:
+    """Return the voxels of an ellipsoid whose radius is modulated by a smooth field."""
+    offsets = (coords - centre[:, None, None, None]) / radii[:, None, None, None]
+    rho = np.sqrt(np.sum(offsets**2, axis=0))
+    return np.asarray(rho <= 1.0 + amplitude * deformation)
+
+
+def _signed_distance(mask: BoolArray) -> FloatArray:
+    """Return the distance to the mask border in voxels: positive inside, ±0.5 at the border."""
+    inside = ndimage.distance_transform_edt(mask)
+    outside = ndimage.distance_transform_edt(~mask)
+    return np.asarray(np.where(mask, inside - 0.5, 0.5 - outside), dtype=np.float64)
+
+
+def _box(lo: FloatArray, hi: FloatArray, shape: tuple[int, int, int]) -> tuple[slice, ...]:
+    """Return the slices of the box ``[lo, hi]`` (voxel coordinates), clipped to ``shape``."""
+    return tuple(
+        slice(max(int(np.floor(a)), 0), min(int(np.ceil(b)) + 1, n))
+        for a, b, n in zip(lo, hi, shape, strict=True)
+    )
+
+
+def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], no_et: bool) -> _Case:
+    """Draw one case: head, tumour, modalities and the models' error fields."""
+    size = np.asarray(shape, dtype=np.float64)
+    scale = float(size.min()) / 64.0
+    coords = np.asarray(np.indices(shape), dtype=np.float64)
+
+    # Head: a slightly irregular ellipsoid; brain inside a 3-voxel skull-ish rim.
+    head_centre = size / 2.0 - 0.5 + rng.uniform(-1.5, 1.5, 3) * scale
+    head_radii = size * np.array([0.40, 0.45, 0.38]) * rng.uniform(0.95, 1.05, 3)
+    head_shape = _smooth_field(rng, shape, 6.0 * scale)
+    head = _deformed_ellipsoid(coords, head_centre, head_radii, head_shape, 0.03)
+    brain = _deformed_ellipsoid(coords, head_centre, head_radii - 3.0 * scale, head_shape, 0.03)
+
+    # Tumour: nested irregular regions WT ⊃ TC ⊃ NCR, ET = TC \ NCR (an enhancing rim).
+    # Tumour fields live in a box around it (the radius modulation is bounded by ±3 std).
+    wt_radii = float(size.min()) * rng.uniform(0.13, 0.21) * rng.uniform(0.85, 1.15, 3)
+    room = np.maximum(head_radii - 3.0 * scale - wt_radii * 1.25 - 2.0 * scale, 0.0)
+    direction = rng.standard_normal(3)
+    direction *= rng.uniform(0.0, 1.0) ** (1.0 / 3.0) / np.linalg.norm(direction)
+    centre = head_centre + direction * room
+    reach = 1.6 * wt_radii
+    near = _box(centre - reach, centre + reach, shape)
+    near_shape = tuple(s.stop - s.start for s in near)
+    wt_shape = np.clip(_smooth_field(rng, near_shape, 4.0 * scale), -3.0, 3.0)
+    wt = np.zeros(shape, dtype=bool)
+    wt[near] = ndimage.binary_erosion(brain, iterations=2)[near] & _deformed_ellipsoid(
+        coords[(slice(None), *near)], centre, wt_radii, wt_shape, 0.18
+    )
+    wt[tuple(np.clip(np.rint(centre).astype(int), 0, size.astype(int) - 1))] = True  # never empty
+    # The models' box: the tumour plus a margin beyond which both models say background.
+    extent = np.argwhere(wt)
+    # The margin is in voxels, not scaled: the border errors are in voxels too.
+    box = _box(extent.min(axis=0) - _MODEL_MARGIN, extent.max(axis=0) + _MODEL_MARGIN, shape)
+    box_shape = tuple(s.stop - s.start for s in box)
+    box_coords = coords[(slice(None), *box)]
+    wt_box = wt[box]
+
+    tc_radii = wt_radii * rng.uniform(0.55, 0.75)
+    tc_centre = centre + rng.uniform(-0.15, 0.15, 3) * wt_radii
+    tc_box = ndimage.binary_erosion(wt_box, iterations=2) & _deformed_ellipsoid(
+        box_coords, tc_centre, tc_radii, _smooth_field(rng, box_shape, 3.0 * scale), 0.15
+    )
+    rim_shape = _smooth_field(rng, box_shape, 3.0 * scale)
+    if no_et:
+        ncr_box = tc_box
+    else:
+        ncr_radii = tc_radii * rng.uniform(0.5, 0.7)
+        ncr_box = ndimage.binary_erosion(tc_box, iterations=1) & _deformed_ellipsoid(
+            box_coords, tc_centre, ncr_radii, rim_shape, 0.25
+        )
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[box] = np.where(ncr_box, 1, np.where(tc_box, 4, np.where(wt_box, 2, 0)))
+
+    images = _make_images(rng, shape, scale, head, brain, labels)
+
+    distances = (_signed_distance(wt_box), _signed_distance(tc_box), _signed_distance(ncr_box))
+    bias = rng.normal(0.0, _ERROR_BIAS_STD, 3)
+    fields = [_smooth_field(rng, box_shape, 3.0 * scale) for _ in range(3)]
+    rho = _ERROR_TC_NCR_CORRELATION
+    fields[2] = rho * fields[1] + np.sqrt(1.0 - rho**2) * fields[2]
+    errors = [std * f + b for std, f, b in zip(_ERROR_STD, fields, bias, strict=True)]
+
+    translation = np.array([32.0, 56.0, -30.0]) * scale + rng.integers(-4, 5, 3)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = translation
+    return _Case(affine, labels, images, box, distances, (errors[0], errors[1], errors[2]))
+
+
+def _make_images(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    scale: float,
+    head: BoolArray,
+    brain: BoolArray,
+    labels: NDArray[np.uint8],
+) -> dict[str, NDArray[np.int16]]:
+    """Return MR-like int16 modalities: tissue contrasts, texture, bias field and noise."""
+    texture = np.tanh(_smooth_field(rng, shape, 2.5 * scale))
+    tissue = np.zeros(shape, dtype=np.int8)  # 0 air, 1 rim, 2 brain, 3 ED, 4 NCR, 5 ET
+    tissue[head] = 1
+    tissue[brain] = 2
+    tissue[labels == 2] = 3
+    tissue[labels == 1] = 4
+    tissue[labels == 4] = 5
+    images: dict[str, NDArray[np.int16]] = {}
+    for modality in MODALITIES:
+        means = np.array((0.0, *_CONTRAST[modality]))
+        image = means[tissue] * (1.0 + 0.06 * texture * (tissue >= 2))
+        image = ndimage.gaussian_filter(image, 0.6 * scale)  # partial-volume blur
+        image *= _bias_field(rng, shape)
+        image += rng.normal(0.0, _NOISE_STD, shape)
+        image = np.where(head, np.clip(np.rint(image), 0, None), 0.0)
+        images[modality] = image.astype(np.int16)
+    return images
+
+
+def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> FloatArray:
+    """Return a smooth multiplicative bias field: exp of a random polynomial of degree 2."""
+    axes = [np.linspace(-1.0, 1.0, n) for n in shape]
+    x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    terms = (x, y, z, x * y, x * z, y * z, x**2 - 0.5, y**2 - 0.5, z**2 - 0.5)
+    log_field = sum(
+        (c * t for c, t in zip(rng.normal(0.0, 0.08, len(terms)), terms, strict=True)),
+        start=np.zeros(shape),
+    )
+    return np.asarray(np.exp(log_field), dtype=np.float64)
+
+
+def _log_sigmoid(x: FloatArray) -> FloatArray:
+    """Return ``log(sigmoid(x))`` without overflow."""
+    return np.asarray(-np.logaddexp(0.0, -x), dtype=np.float64)
+
+
+def _predict(case: _Case, logit_scale: float) -> NDArray[np.uint8]:
+    """Return a model's softmax (x, y, z, 4) over BG, NCR, ED, ET as uint8 in 1/255 steps.
+
+    The class logits are hierarchical: WT vs background, then TC vs ED inside WT, then NCR vs
+    ET inside TC, each ``logit_scale * (signed distance + error)``, combined into one logit per
+    class whose softmax is the product of the nested probabilities. Outside the tumour's box
+    (at least ``_MODEL_MARGIN`` voxels away) the output is background with probability 1.
+    """
+    a_wt, a_tc, a_ncr = (
+        logit_scale * (d + e) for d, e in zip(case.distances, case.errors, strict=True)
+    )
+    in_wt, in_tc = _log_sigmoid(a_wt), _log_sigmoid(a_tc)
+    logits = np.stack(
+        [
+            _log_sigmoid(-a_wt),
+            in_wt + in_tc + _log_sigmoid(a_ncr),
+            in_wt + _log_sigmoid(-a_tc),
+            in_wt + in_tc + _log_sigmoid(-a_ncr),
+        ],
+        axis=-1,
+    )
+    logits -= logits.max(axis=-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    quantised = np.rint(probs * 255.0).astype(np.int16)
+    # Put the rounding residue on the most likely class so every voxel sums to exactly 255.
+    residue = 255 - quantised.sum(axis=-1)
+    top = np.argmax(quantised, axis=-1)[..., None]
+    np.put_along_axis(
+        quantised, top, np.take_along_axis(quantised, top, axis=-1) + residue[..., None], axis=-1
+    )
+    probs_full = np.zeros((*case.labels.shape, 4), dtype=np.uint8)
+    probs_full[..., 0] = 255
+    probs_full[case.box] = quantised
+    return probs_full
+
+
+def _save(image: nib.Nifti1Image, path: Path) -> None:
+    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mtime=0 and a fixed level make the gzip bytes depend on the data only.
+    payload = gzip.compress(image.to_bytes(), compresslevel=9, mtime=0)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; data files are meant to be shared
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _nifti(data: NDArray[np.generic], affine: FloatArray, description: str) -> nib.Nifti1Image:
+    """Return a NIfTI image with both qform and sform set to ``affine`` (scanner, mm)."""
+    image = nib.Nifti1Image(data, affine)
+    header = image.header
+    header.set_data_dtype(data.dtype)
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm", "sec")
+    header["descrip"] = description.encode()[:79]
+    return image
+
+
+def _probability_image(probs: NDArray[np.uint8], affine: FloatArray, model: str) -> nib.Nifti1Image:
+    """Return a 4-D probability image stored as uint8 with ``scl_slope = 1/255``."""
+    image = _nifti(probs, affine, f"calibkit sample: {model} softmax probabilities BG,NCR,ED,ET")
+    image.header.set_intent("estimate", name="probabilities")
+    # Set after construction: nibabel writes the uint8 values as they are when slope/inter are set.
+    image.header.set_slope_inter(1.0 / 255.0, 0.0)
+    return image
+
+
+def generate_sample_data(
+    out: Path,
+    *,
+    n_cases: int = N_CASES,
+    shape: tuple[int, int, int] = SAMPLE_SHAPE,
+    seed: int = 0,
+) -> list[str]:
+    """Write the synthetic BraTS-style sample data set under ``out``.
+
+    Case ``i`` depends only on ``seed`` and ``i``, so fewer cases give a prefix of the full set.
+    The same call reproduces identical decoded arrays and affines; the gzip bytes are written
+    with a fixed level and no timestamp, but may still differ between zlib versions.
+
+    Args:
+        out: folder to write ``brats/`` and ``predictions/{dsc,dsc_ace}/`` into.
+        n_cases: number of cases; case ``NO_ET_CASE`` (if present) has no label 4.
+        shape: volume shape (x, y, z); anatomy sizes scale with the smallest side.
+        seed: seed of ``np.random.default_rng``.
+
+    Returns:
+        The case ids, ``BraTS2021_S000`` onwards.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     generate_sample_data(Path(tmp), n_cases=2, shape=(32, 32, 32))
+        ['BraTS2021_S000', 'BraTS2021_S001']
+    """
+    if n_cases < 1:
+        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"shape must be three sides of at least 16 voxels, got {shape}")
+    out = Path(out)
+    ids = case_ids(n_cases)
+    children = np.random.SeedSequence(seed).spawn(n_cases)
+    for index, (case_id, child) in enumerate(zip(ids, children, strict=True)):
+        case = _make_case(np.random.default_rng(child), shape, no_et=index == NO_ET_CASE)
+        case_dir = out / "brats" / case_id
+        for modality, data in case.images.items():
+            image = _nifti(data, case.affine, f"calibkit synthetic {modality}")
+            _save(image, case_dir / f"{case_id}_{modality}.nii.gz")
+        seg = _nifti(case.labels, case.affine, "calibkit synthetic labels 0 BG,1 NCR,2 ED,4 ET")
+        seg.header.set_intent("label")
+        _save(seg, case_dir / f"{case_id}_seg.nii.gz")
+        for model, logit_scale in MODELS.items():
+            image = _probability_image(_predict(case, logit_scale), case.affine, model)
+            _save(image, out / "predictions" / model / f"{case_id}_pred.nii.gz")
+    return ids
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m calibkit.sample_data [OUT] [--seed N] [--n-cases N]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m calibkit.sample_data",
+        description="Write the synthetic BraTS-style sample data set (images, labels, and the "
+        "probability maps of two synthetic models).",
+    )
+    parser.add_argument(
+        "out", nargs="?", type=Path, default=Path("sample_data"), help="output folder"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--n-cases", type=int, default=N_CASES, help="number of cases")
+    args = parser.parse_args(argv)
+    ids = generate_sample_data(args.out, n_cases=args.n_cases, seed=args.seed)
+    print(f"wrote {len(ids)} cases to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Bin edges and bin assignment are identical to torch / MONAI (SPEC.md §1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import edge_probabilities
+from monai.metrics.calibration import calibration_binning
+
+from calibkit.binning import BinStats, assign_bins, bin_edges, bin_statistics
+
+
+@pytest.mark.parametrize("n_bins", [*range(1, 301), 500, 1000, 1023, 4096])
+def test_edges_equal_torch_linspace(n_bins: int) -> None:
+    expected = torch.linspace(0.0, 1.0 + torch.finfo(torch.float32).eps, n_bins + 1).numpy()
+    np.testing.assert_array_equal(bin_edges(n_bins), expected)
+
+
+def test_numpy_linspace_would_differ() -> None:
+    # The reason bin_edges exists: numpy's float32 linspace is not torch's.
+    eps = np.finfo(np.float32).eps
+    numpy_edges = np.linspace(0, 1 + eps, 21, dtype=np.float32)
+    assert not np.array_equal(numpy_edges, bin_edges(20))
+
+
+def test_spec_examples() -> None:
+    values = np.array([0.0, 0.05, 0.0500001, 0.5, 1.0], dtype=np.float32)
+    assert assign_bins(values, 20).tolist() == [0, 0, 1, 9, 19]
+    stats = bin_statistics(values[None], np.zeros((1, 5), bool), 20)
+    assert np.flatnonzero(stats.count[0]).tolist() == [0, 1, 9, 19]
+    assert stats.count[0, 0] == 2
+
+
+def test_row_three_edges_spec() -> None:
+    # 0.2 -> 0, 0.4 -> 1, 0.6 -> 2, 0.8 -> 3 with M = 5.
+    assert assign_bins([0.2, 0.4, 0.6, 0.8], 5).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 5, 7, 10, 20, 33, 100, 255])
+def test_fast_index_equals_reference_and_monai(n_bins: int, rng: np.random.Generator) -> None:
+    values = np.concatenate(
+        [edge_probabilities(n_bins), rng.random(5000, dtype=np.float32), [-0.3, 1.7, 1.0000001]]
+    ).astype(np.float32)
+    stats = bin_statistics(values[None], np.zeros((1, values.size), bool), n_bins)
+    reference = np.bincount(assign_bins(values, n_bins), minlength=n_bins)
+    np.testing.assert_array_equal(stats.count[0], reference)
+    # MONAI bins the same values (one per image so each assignment is visible).
+    monai_counts = calibration_binning(
+        torch.from_numpy(values).reshape(-1, 1, 1), torch.zeros(values.size, 1, 1), n_bins
+    )[2].numpy()
+    monai_index = monai_counts.argmax(axis=-1)[:, 0]
+    np.testing.assert_array_equal(assign_bins(values, n_bins), monai_index)
+
+
+def test_every_float32_near_edges_matches_reference() -> None:
+    # Walk 200 float32 steps either side of each edge for M = 20.
+    edges = bin_edges(20)
+    values = []
+    for edge in edges:
+        up, down = edge, edge
+        for _ in range(200):
+            up = np.nextafter(up, np.float32(2))
+            down = np.nextafter(down, np.float32(-1))
+            values += [up, down]
+    values_array = np.clip(np.array(values, dtype=np.float32), 0, 1)
+    stats = bin_statistics(values_array[None], np.zeros((1, values_array.size), bool), 20)
+    np.testing.assert_array_equal(
+        stats.count[0], np.bincount(assign_bins(values_array, 20), minlength=20)
+    )
+
+
+def test_sums_are_float64_of_float32_values(rng: np.random.Generator) -> None:
+    p = rng.random((2, 1000))  # float64 input is cast to float32 first
+    y = rng.random((2, 1000)) < 0.3
+    stats = bin_statistics(p, y, 10)
+    p32 = p.astype(np.float32)
+    for c in range(2):
+        index = assign_bins(p32[c], 10)
+        for k in range(10):
+            members = index == k
+            assert stats.count[c, k] == members.sum()
+            assert stats.sum_p[c, k] == pytest.approx(
+                float(np.sum(p32[c][members], dtype=np.float64)), abs=1e-12
+            )
+            assert stats.sum_y[c, k] == y[c][members].sum()
+    assert stats.sum_p.dtype == np.float64
+
+
+def test_chunking_and_memory_order_do_not_change_results(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = rng.random((3, 17, 19, 23), dtype=np.float32)
+    y = rng.random((3, 17, 19, 23)) < 0.4
+    whole = bin_statistics(p, y, 20)
+    import calibkit.binning as binning
+
+    monkeypatch.setattr(binning, "CHUNK_VOXELS", 1000)
+    chunked = bin_statistics(np.asfortranarray(p), np.asfortranarray(y), 20)
+    mixed = bin_statistics(np.asfortranarray(p), y, 20)
+    for other in (chunked, mixed):
+        np.testing.assert_array_equal(whole.count, other.count)
+        np.testing.assert_allclose(whole.sum_p, other.sum_p, rtol=1e-12)
+        np.testing.assert_array_equal(whole.sum_y, other.sum_y)
+
+
+def test_non_binary_targets_average(rng: np.random.Generator) -> None:
+    p = rng.random((1, 500), dtype=np.float32)
+    y = rng.random((1, 500))
+    stats = bin_statistics(p, y, 5)
+    index = assign_bins(p[0], 5)
+    expected = np.bincount(index, weights=y[0], minlength=5)
+    np.testing.assert_allclose(stats.sum_y[0], expected, rtol=1e-12)
+
+
+def test_binstats_helpers() -> None:
+    stats = bin_statistics([[0.1, 0.9], [0.2, 0.4]], [[0, 1], [1, 1]], 2)
+    assert stats.shape == (2,) and stats.n_bins == 2
+    both = BinStats.stack([stats, stats])
+    assert both.shape == (2, 2)
+    pooled = both.pooled(axis=0)
+    np.testing.assert_array_equal(pooled.count, 2 * stats.count)
+    assert np.isnan(stats.mean_p[1, 1])  # empty bin
+    with pytest.raises(ValueError):
+        bin_statistics([[0.1]], [[0, 1]], 2)
+    with pytest.raises(ValueError):
+        bin_edges(0)

@@ -1,0 +1,148 @@
+"""evaluate_folders: the tables equal MONAI on the sample data, whatever the workers or backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE_DATA
+from monai.metrics import CalibrationErrorMetric, DiceMetric
+
+from calibkit.evaluate import EvaluationOptions, evaluate_folders
+from calibkit.io.results import load_bins, save_evaluation
+
+PREDICTIONS = SAMPLE_DATA / "predictions" / "dsc"
+LABELS = SAMPLE_DATA / "brats"
+BRATS = EvaluationOptions(preset="brats")
+
+
+@pytest.fixture(scope="module")
+def sample_evaluation():  # type: ignore[no-untyped-def]
+    return evaluate_folders(PREDICTIONS, LABELS, BRATS)
+
+
+def brats_regions_by_hand(case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """ET/TC/WT probabilities and targets, (1, 3, x, y, z), read and built independently."""
+    softmax = nib.load(PREDICTIONS / f"{case_id}_pred.nii.gz").get_fdata().astype(np.float32)
+    label = np.asarray(nib.load(LABELS / case_id / f"{case_id}_seg.nii.gz").dataobj)
+    p = np.stack(
+        [softmax[..., 3], softmax[..., 1] + softmax[..., 3], softmax[..., 1:].sum(axis=-1)]
+    )
+    y = np.stack([label == 4, np.isin(label, [1, 4]), np.isin(label, [1, 2, 4])])
+    return np.minimum(p, 1)[None].astype(np.float32), y[None].astype(np.float32)
+
+
+def test_sample_data_matches_monai(sample_evaluation) -> None:  # type: ignore[no-untyped-def]
+    table = sample_evaluation.per_image
+    assert len(table) == 12 * 3
+    assert list(table.columns[:9]) == [
+        "case_id",
+        "class",
+        "ace",
+        "ece",
+        "mce",
+        "dice",
+        "n_voxels",
+        "gt_voxels",
+        "gt_empty",
+    ]
+    for case_id in sample_evaluation.case_ids[:4]:
+        p, y = brats_regions_by_hand(case_id)
+        rows = table[table.case_id == case_id]
+        assert rows["class"].tolist() == ["ET", "TC", "WT"]
+        for column, reduction in (("ace", "average"), ("ece", "expected"), ("mce", "maximum")):
+            metric = CalibrationErrorMetric(
+                num_bins=20, calibration_reduction=reduction, metric_reduction="none"
+            )
+            expected = metric(y_pred=torch.from_numpy(p), y=torch.from_numpy(y)).numpy()[0]
+            np.testing.assert_allclose(rows[column].to_numpy(), expected, atol=1e-5, rtol=0)
+        dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
+        expected_dice = dice(
+            y_pred=torch.from_numpy((p >= 0.5).astype(np.float32)), y=torch.from_numpy(y)
+        ).numpy()[0]
+        np.testing.assert_allclose(
+            rows["dice"].to_numpy(), expected_dice, atol=1e-6, equal_nan=True
+        )
+
+
+def test_summary_rows_and_macro_values(sample_evaluation) -> None:  # type: ignore[no-untyped-def]
+    summary = sample_evaluation.summary
+    assert summary["class"].unique().tolist() == ["ET", "TC", "WT", "mean"]
+    assert summary["metric"].unique().tolist() == ["ace", "ece", "mce", "dice"]
+    table = sample_evaluation.per_image
+    wt_ace = table[table["class"] == "WT"]["ace"]
+    row = summary[(summary["class"] == "WT") & (summary["metric"] == "ace")].iloc[0]
+    assert row["mean"] == pytest.approx(wt_ace.mean())
+    assert row["std"] == pytest.approx(wt_ace.std(ddof=1))
+    per_case_mean = table.groupby("case_id")["ace"].mean()
+    mean_row = summary[(summary["class"] == "mean") & (summary["metric"] == "ace")].iloc[0]
+    assert mean_row["mean"] == pytest.approx(per_case_mean.mean())
+
+
+def test_pooled_equals_binning_everything_at_once(sample_evaluation) -> None:  # type: ignore[no-untyped-def]
+    ps, ys = zip(*(brats_regions_by_hand(c) for c in sample_evaluation.case_ids), strict=True)
+    p = np.concatenate([a.reshape(3, -1) for a in ps], axis=1)[None]
+    y = np.concatenate([a.reshape(3, -1) for a in ys], axis=1)[None]
+    metric = CalibrationErrorMetric(
+        num_bins=20, calibration_reduction="average", metric_reduction="none"
+    )
+    expected = metric(y_pred=torch.from_numpy(p), y=torch.from_numpy(y)).numpy()[0]
+    summary = sample_evaluation.summary
+    pooled = summary[summary.metric == "ace"].set_index("class")["pooled"]
+    np.testing.assert_allclose(pooled[["ET", "TC", "WT"]].to_numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_workers_give_byte_identical_tables(tmp_path: Path, sample_evaluation) -> None:  # type: ignore[no-untyped-def]
+    parallel = evaluate_folders(PREDICTIONS, LABELS, BRATS, workers=2)
+    save_evaluation(sample_evaluation, tmp_path / "one")
+    save_evaluation(parallel, tmp_path / "two")
+    for name in ("per_image.csv", "summary.csv", "summary.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_torch_backend_equals_numpy(sample_evaluation) -> None:  # type: ignore[no-untyped-def]
+    on_torch = evaluate_folders(
+        PREDICTIONS, LABELS, EvaluationOptions(preset="brats", backend="torch", device="cpu")
+    )
+    np.testing.assert_array_equal(on_torch.bins.count, sample_evaluation.bins.count)
+    np.testing.assert_allclose(on_torch.bins.sum_p, sample_evaluation.bins.sum_p, rtol=1e-12)
+    for column in ("ace", "ece", "mce", "dice"):
+        np.testing.assert_allclose(
+            on_torch.per_image[column],
+            sample_evaluation.per_image[column],
+            rtol=1e-9,
+            equal_nan=True,
+        )
+
+
+def test_saved_bins_round_trip(tmp_path: Path, sample_evaluation) -> None:  # type: ignore[no-untyped-def]
+    save_evaluation(sample_evaluation, tmp_path)
+    saved = load_bins(tmp_path)
+    assert saved.case_ids == sample_evaluation.case_ids
+    assert saved.class_names == ("ET", "TC", "WT")
+    np.testing.assert_array_equal(saved.stats.count, sample_evaluation.bins.count)
+    np.testing.assert_array_equal(saved.stats.sum_p, sample_evaluation.bins.sum_p)
+    assert saved.stats.count.shape == (12, 3, 20)
+    assert saved.bin_edges.dtype == np.float32 and saved.bin_edges.size == 21
+
+
+def test_argmax_dice_uses_exclusive_channels() -> None:
+    argmax = evaluate_folders(
+        PREDICTIONS, LABELS, EvaluationOptions(preset="brats", dice_mode="argmax")
+    )
+    threshold = evaluate_folders(PREDICTIONS, LABELS, BRATS)
+    np.testing.assert_array_equal(argmax.per_image["ace"], threshold.per_image["ace"])
+    first = sorted(PREDICTIONS.glob("*.nii.gz"))[0]
+    label_map = nib.load(first).get_fdata().argmax(axis=-1)
+    case_id = first.name.removesuffix("_pred.nii.gz")
+    label = np.asarray(nib.load(LABELS / case_id / f"{case_id}_seg.nii.gz").dataobj)
+    wt_pred, wt_true = label_map > 0, label > 0
+    expected = 2 * (wt_pred & wt_true).sum() / (wt_pred.sum() + wt_true.sum())
+    row = argmax.per_image[
+        (argmax.per_image.case_id == case_id) & (argmax.per_image["class"] == "WT")
+    ]
+    assert row["dice"].iloc[0] == pytest.approx(expected)
