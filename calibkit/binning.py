@@ -56,7 +56,7 @@ def bin_edges(n_bins: int = DEFAULT_N_BINS) -> npt.NDArray[np.float32]:
 
     Example:
         >>> bin_edges(4).tolist()  # k (1 + eps) / M in float32, not k / M
-        [0.0, 0.2500000298023224, 0.5000000596046448, 0.7500000596046448, 1.0000001192092896]
+        [0.0, 0.2500000298023224, 0.5000000596046448, 0.7500001192092896, 1.0000001192092896]
     """
     _check_n_bins(n_bins)
     return _bin_edges_cached(int(n_bins))
