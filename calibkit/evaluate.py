@@ -109,6 +109,7 @@ class CaseResult:
     """Bin statistics and overlap counts of one case, per evaluated class."""
 
     case_id: str
+    source: Path
     class_names: tuple[str, ...]
     stats: BinStats
     overlap: OverlapCounts
@@ -301,6 +302,7 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
     stats, overlap = _case_statistics(probabilities, label.array, plan, options)
     return CaseResult(
         case_id=pair.case_id,
+        source=pair.prediction,
         class_names=plan.names,
         stats=stats,
         overlap=overlap,
@@ -452,10 +454,10 @@ def assemble_evaluation(
     class_names = ordered[0].class_names
     for result in ordered[1:]:
         if result.class_names != class_names:
-            raise CalibkitError(
-                f"case {result.case_id} has classes {', '.join(result.class_names)} but "
-                f"case {ordered[0].case_id} has {', '.join(class_names)}: every prediction "
-                "must have the same channels"
+            raise InputError(
+                result.source,
+                f"gives classes {', '.join(result.class_names)} but {ordered[0].source} gives "
+                f"{', '.join(class_names)}: every prediction must have the same channels",
             )
     bins = BinStats.stack([result.stats for result in ordered])
     overlap = OverlapCounts(

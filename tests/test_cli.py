@@ -1,0 +1,254 @@
+"""The command line: results on good input, one clear line and no output on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import SAMPLE_DATA
+from typer.testing import CliRunner
+
+from calibkit.cli import app
+
+runner = CliRunner()
+AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def write_case(
+    preds: Path, labels: Path, case_id: str, rng: np.random.Generator, shape=(6, 7, 8)
+) -> None:  # type: ignore[no-untyped-def]
+    logits = rng.normal(size=(*shape, 3)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    label = rng.integers(0, 3, size=shape).astype(np.uint8)
+    nib.save(nib.Nifti1Image(probs.astype(np.float32), AFFINE), preds / f"{case_id}_pred.nii.gz")
+    nib.save(nib.Nifti1Image(label, AFFINE), labels / f"{case_id}_seg.nii.gz")
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(7)
+    preds, labels = tmp_path / "preds", tmp_path / "labels"
+    preds.mkdir()
+    labels.mkdir()
+    for i in range(3):
+        write_case(preds, labels, f"case{i}", rng)
+    return preds, labels
+
+
+def run(*args: str | Path) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_user_error(code: int, stderr: str, *fragments: str) -> None:
+    assert code == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_evaluate_writes_the_four_files(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    code, stdout, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert code == 0, stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["bins.npz", "per_image.csv", "summary.csv", "summary.json"]
+    assert "ACE" in stdout and "mean" in stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["classes"] == ["1", "2"] and summary["n_cases"] == 3
+    assert summary["options"]["n_bins"] == 20 and summary["calibkit_version"]
+
+
+def test_evaluate_sample_data_preset(tmp_path: Path) -> None:
+    code, stdout, stderr = run(
+        "evaluate",
+        SAMPLE_DATA / "predictions" / "dsc",
+        SAMPLE_DATA / "brats",
+        "--preset",
+        "brats",
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+    )
+    assert code == 0, stderr
+    assert stdout == ""
+    assert (tmp_path / "out" / "per_image.csv").read_text().count("\n") == 1 + 12 * 3
+
+
+def test_missing_partner(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    (labels / "case1_seg.nii.gz").unlink()
+    out = tmp_path / "out"
+    code, _, stderr = run("evaluate", preds, labels, "--out", out)
+    assert_user_error(code, stderr, "case1", "--allow-missing")
+    assert not out.exists()
+    code, _, stderr = run("evaluate", preds, labels, "--out", out, "--allow-missing")
+    assert code == 0, stderr
+    assert json.loads((out / "summary.json").read_text())["missing_label"] == ["case1"]
+
+
+def test_shape_mismatch(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 9), np.uint8), AFFINE), labels / "case2_seg.nii.gz")
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "case2_pred.nii.gz", "shape")
+    assert not (tmp_path / "out").exists()
+
+
+def test_affine_mismatch_fails_or_warns(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    label = nib.load(labels / "case0_seg.nii.gz")
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 0.5
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), shifted), labels / "case0_seg.nii.gz")
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "case0_pred.nii.gz", "affine", "--ignore-geometry")
+    assert not (tmp_path / "out").exists()
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out", "--ignore-geometry")
+    assert code == 0
+    assert "warning" in stderr and "affine" in stderr
+
+
+def test_wrong_channel_count(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    code, _, stderr = run(
+        "evaluate", preds, labels, "--out", tmp_path / "o", "--classes", "1,2,5,7"
+    )
+    assert_user_error(code, stderr, "_pred.nii.gz", "channel")
+    assert not (tmp_path / "o").exists()
+    four_channels = nib.Nifti1Image(np.full((6, 7, 8, 4), 0.25, np.float32), AFFINE)
+    nib.save(four_channels, preds / "case2_pred.nii.gz")
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "o")
+    assert_user_error(code, stderr, "case2_pred.nii.gz", "same channels")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [(1.5, "outside [0, 1]"), (-0.2, "outside [0, 1]"), (np.nan, "NaN")]
+)
+def test_bad_probability_values(
+    dataset: tuple[Path, Path], tmp_path: Path, value: float, fragment: str
+) -> None:
+    preds, labels = dataset
+    path = preds / "case1_pred.nii.gz"
+    data = nib.load(path).get_fdata().astype(np.float32)
+    data[2, 3, 4, 1] = value
+    nib.save(nib.Nifti1Image(data, AFFINE), path)
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "case1_pred.nii.gz", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_small_overshoot_is_clipped(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    path = preds / "case1_pred.nii.gz"
+    data = nib.load(path).get_fdata().astype(np.float32)
+    data[0, 0, 0, 0] = 1.00005
+    nib.save(nib.Nifti1Image(data, AFFINE), path)
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert code == 0, stderr
+
+
+def test_truncated_file(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    path = preds / "case0_pred.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "case0_pred.nii.gz")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_folder(tmp_path: Path, dataset: tuple[Path, Path]) -> None:
+    _, labels = dataset
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, stderr = run("evaluate", empty, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "empty")
+    assert not (tmp_path / "out").exists()
+
+
+def test_logits_input(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    for path in preds.iterdir():
+        logits = np.log(nib.load(path).get_fdata()).astype(np.float32) * 3 + 1
+        nib.save(nib.Nifti1Image(logits, AFFINE), path)
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "o")
+    assert_user_error(code, stderr, "outside [0, 1]", "--input logits")
+    code, _, stderr = run(
+        "evaluate", preds, labels, "--out", tmp_path / "o", "--input", "logits", "--quiet"
+    )
+    assert code == 0, stderr
+    # softmax(3 log p + 1) = p^3 / sum p^3: check one case by hand
+    from calibkit.binning import bin_statistics
+    from calibkit.metrics import calibration_errors
+
+    logits = nib.load(preds / "case0_pred.nii.gz").get_fdata()
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    label = np.asarray(nib.load(labels / "case0_seg.nii.gz").dataobj)
+    targets = np.stack([label == 1, label == 2])
+    expected = calibration_errors(
+        bin_statistics(np.moveaxis(softmax[..., 1:], -1, 0), targets, 20)
+    ).ace
+    table = (tmp_path / "o" / "per_image.csv").read_text().splitlines()
+    ours = [float(line.split(",")[2]) for line in table if line.startswith("case0,")]
+    np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_existing_results_are_kept(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    out = tmp_path / "out"
+    assert run("evaluate", preds, labels, "--out", out)[0] == 0
+    before = (out / "per_image.csv").read_bytes()
+    (labels / "case0_seg.nii.gz").unlink()
+    code, _, stderr = run("evaluate", preds, labels, "--out", out, "--allow-missing")
+    assert_user_error(code, stderr, "already holds results", "--overwrite")
+    assert (out / "per_image.csv").read_bytes() == before
+    code, _, _ = run("evaluate", preds, labels, "--out", out, "--allow-missing", "--overwrite")
+    assert code == 0
+    assert (out / "per_image.csv").read_bytes() != before
+
+
+def test_out_inside_an_input_folder(dataset: tuple[Path, Path]) -> None:
+    preds, labels = dataset
+    code, _, stderr = run("evaluate", preds, labels, "--out", preds / "results")
+    assert_user_error(code, stderr, "inside the input folder")
+    assert not (preds / "results").exists()
+
+
+def test_bad_usage_exits_2(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    assert run("evaluate", preds, labels, "--out", tmp_path / "o", "--n-bins", "many")[0] == 2
+    assert run("evaluate", preds, labels, "--out", tmp_path / "o", "--classes", "a,b")[0] == 2
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "o", "--n-bins", "0")
+    assert_user_error(code, stderr, "--n-bins")
+
+
+def test_help_and_module_entry_point() -> None:
+    code, stdout, _ = run("evaluate", "--help")
+    assert code == 0 and "Examples" in stdout and "--preset" in stdout
+    completed = subprocess.run(
+        [sys.executable, "-m", "calibkit", "--version"], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.startswith("calibkit ")
+
+
+def test_import_and_help_stay_light() -> None:
+    code = (
+        "import sys, calibkit, calibkit.cli; "
+        "heavy = {'torch', 'monai', 'matplotlib', 'pandas', 'nibabel', 'scipy'} "
+        "& set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "[]"
