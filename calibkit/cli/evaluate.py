@@ -1,41 +1,26 @@
-"""The ``calibkit`` command line: parse, call one library function, render.
-
-Only typer and rich are imported at start-up; numpy, pandas, nibabel and torch
-are imported inside the commands, so ``calibkit --help`` stays fast.
-"""
+"""``calibkit evaluate``: per-case calibration and Dice tables of a prediction folder."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from calibkit import __version__
-from calibkit.errors import CalibkitError
+from calibkit.cli.app import (
+    app,
+    case_progress,
+    int_list,
+    name_list,
+    show_progress,
+    stderr,
+    stdout,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from calibkit.evaluate import Evaluation
-
-app = typer.Typer(
-    name="calibkit",
-    help=(
-        "Measure, show and improve the calibration of medical image segmentation models "
-        "(mL1-ACE / ECE / MCE, Barfoot et al., MICCAI 2024)."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
-# Piped output has no terminal width: keep table rows on one line in logs.
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-stderr = Console(stderr=True, highlight=False)
 
 
 class Backend(str, Enum):
@@ -61,58 +46,6 @@ class ActivationName(str, Enum):
 
 class Preset(str, Enum):
     brats = "brats"
-
-
-def _version(value: bool) -> None:
-    if value:
-        stdout.print(f"calibkit {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Measure, show and improve the calibration of segmentation models."""
-
-
-@contextmanager
-def user_errors(debug: bool) -> Iterator[None]:
-    """Turn calibkit's errors into one line on stderr and exit code 1 (a traceback with --debug)."""
-    try:
-        yield
-    except CalibkitError as error:
-        if debug:
-            raise
-        stderr.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True, highlight=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        stderr.print("interrupted; nothing was written")
-        raise typer.Exit(130) from None
-
-
-def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated integers such as 1,2,3, got {text!r}", param_hint=option
-        ) from None
-
-
-def _name_list(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(part.strip() for part in text.split(","))
-
-
-def _show_progress(quiet: bool) -> bool:
-    return not quiet and stderr.is_terminal
 
 
 @app.command(
@@ -196,8 +129,8 @@ def evaluate_cli(
             n_bins=n_bins,
             dice_threshold=dice_threshold,
             dice_mode=dice_mode.value,
-            classes=_int_list(classes, "--classes"),
-            class_names=_name_list(class_names),
+            classes=int_list(classes, "--classes"),
+            class_names=name_list(class_names),
             include_background=include_background,
             preset=preset.value if preset else None,
             input_kind=input_kind.value,  # type: ignore[arg-type]
@@ -209,7 +142,7 @@ def evaluate_cli(
             device=device,
         )
         prepare_output_dir(out, [predictions, labels], overwrite=overwrite)
-        with _case_progress(_show_progress(quiet)) as (on_start, advance):
+        with case_progress(show_progress(quiet)) as (on_start, advance):
             evaluation = evaluate_folders(
                 predictions, labels, options, workers=workers, progress=advance, on_start=on_start
             )
@@ -219,42 +152,6 @@ def evaluate_cli(
         if not quiet:
             _print_summary(evaluation)
             stdout.print(f"wrote {', '.join(str(path) for path in paths)}", soft_wrap=True)
-
-
-@contextmanager
-def _case_progress(
-    enabled: bool,
-) -> Iterator[tuple[Callable[[int], None] | None, Callable[[str], None] | None]]:
-    """``(on_start, advance)`` callbacks driving a rich progress bar, or no-ops."""
-    if not enabled:
-        yield (None, None)
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[case]}"),
-        console=stderr,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("evaluating", total=None, case="")
-
-        def on_start(total: int) -> None:
-            bar.update(task, total=total)
-
-        def advance(case_id: str) -> None:
-            bar.update(task, advance=1, case=case_id)
-
-        yield (on_start, advance)
 
 
 def _print_summary(evaluation: Evaluation) -> None:
@@ -277,12 +174,3 @@ def _print_summary(evaluation: Evaluation) -> None:
         cells.append(f"{rows[name, 'ace']['pooled']:.3f}")
         table.add_row(name, *cells)
     stdout.print(table)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="calibkit")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,17 @@
+"""The ``calibkit`` command line: parse, call one library function, render.
+
+Each command lives in its own module and registers itself on the shared Typer
+``app`` (:mod:`calibkit.cli.app`); importing this package registers them all.
+"""
+
+from __future__ import annotations
+
+from calibkit.cli import evaluate as _evaluate  # noqa: F401  (registers its command)
+from calibkit.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="calibkit")

@@ -1,0 +1,121 @@
+"""The Typer application and what every command shares: consoles, errors, progress.
+
+Only typer and rich are imported at start-up; numpy, pandas, nibabel and torch
+are imported inside the commands, so ``calibkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from calibkit import __version__
+from calibkit.errors import CalibkitError
+
+app = typer.Typer(
+    name="calibkit",
+    help=(
+        "Measure, show and improve the calibration of medical image segmentation models "
+        "(mL1-ACE / ECE / MCE, Barfoot et al., MICCAI 2024)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Piped output has no terminal width: keep table rows on one line in logs.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+stderr = Console(stderr=True, highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"calibkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Measure, show and improve the calibration of segmentation models."""
+
+
+@contextmanager
+def user_errors(debug: bool) -> Iterator[None]:
+    """Turn calibkit's errors into one line on stderr and exit code 1 (a traceback with --debug)."""
+    try:
+        yield
+    except CalibkitError as error:
+        if debug:
+            raise
+        stderr.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted; nothing was written")
+        raise typer.Exit(130) from None
+
+
+def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated integers such as 1,2,3, got {text!r}", param_hint=option
+        ) from None
+
+
+def name_list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(part.strip() for part in text.split(","))
+
+
+def show_progress(quiet: bool) -> bool:
+    return not quiet and stderr.is_terminal
+
+
+@contextmanager
+def case_progress(
+    enabled: bool,
+) -> Iterator[tuple[Callable[[int], None] | None, Callable[[str], None] | None]]:
+    """``(on_start, advance)`` callbacks driving a rich progress bar, or no-ops."""
+    if not enabled:
+        yield (None, None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[case]}"),
+        console=stderr,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("evaluating", total=None, case="")
+
+        def on_start(total: int) -> None:
+            bar.update(task, total=total)
+
+        def advance(case_id: str) -> None:
+            bar.update(task, advance=1, case=case_id)
+
+        yield (on_start, advance)
