@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from calibkit import __version__
 from calibkit.binning import DEFAULT_N_BINS, BinStats, bin_edges, bin_statistics
 from calibkit.classes import (
     DICE_MODES,
+    PRESETS,
     ClassPlan,
     class_probability,
     class_target,
@@ -42,6 +43,9 @@ from calibkit.metrics import (
     macro_summary,
     per_image_mean,
 )
+
+if TYPE_CHECKING:
+    from calibkit.io.checkpoint import CaseStore
 
 Backend = Literal["auto", "numpy", "torch"]
 InputKind = Literal["probabilities", "logits"]
@@ -94,6 +98,10 @@ class EvaluationOptions:
             raise CalibkitError(f"--n-bins must be a positive integer, got {self.n_bins}")
         if not 0.0 < self.dice_threshold <= 1.0:
             raise CalibkitError(f"--dice-threshold must lie in (0, 1], got {self.dice_threshold}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise CalibkitError(
+                f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}"
+            )
         if self.dice_mode not in DICE_MODES:
             raise CalibkitError(f"--dice-mode must be one of {', '.join(DICE_MODES)}")
         if self.input_kind not in ("probabilities", "logits"):
@@ -187,6 +195,7 @@ def evaluate_folders(
     workers: int = 1,
     progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    store: CaseStore | None = None,
 ) -> Evaluation:
     """Per-case, per-class ACE/ECE/MCE/Dice of a prediction folder against a label folder.
 
@@ -197,6 +206,8 @@ def evaluate_folders(
         workers: cases processed in parallel processes (1: in this process).
         progress: called with each case id as it finishes.
         on_start: called once with the number of cases before work begins.
+        store: keeps each finished case on disk and supplies the cases an earlier,
+            interrupted run finished (``calibkit evaluate --resume``).
 
     Returns:
         :class:`Evaluation` with the per-image and summary tables and the bins.
@@ -213,7 +224,14 @@ def evaluate_folders(
     )
     if on_start is not None:
         on_start(len(pairing.pairs))
-    results = _run_cases(list(pairing.pairs), options, workers, progress)
+    done = store.load_done() if store is not None else {}
+    wanted = {pair.case_id for pair in pairing.pairs}
+    results = [result for case_id, result in done.items() if case_id in wanted]
+    for result in results:
+        if progress is not None:
+            progress(result.case_id)
+    todo = [pair for pair in pairing.pairs if pair.case_id not in done]
+    results += _run_cases(todo, options, workers, progress, store)
     notes: list[str] = []
     if pairing.missing_label:
         notes.append(f"skipped {len(pairing.missing_label)} case(s) without a label")
@@ -229,18 +247,75 @@ def evaluate_folders(
     )
 
 
+def evaluate_to_folder(
+    predictions: str | os.PathLike[str],
+    labels: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: EvaluationOptions | None = None,
+    *,
+    workers: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> tuple[Evaluation, list[Path]]:
+    """:func:`evaluate_folders`, then write the result files into ``out`` (``calibkit evaluate``).
+
+    Finished cases are kept in ``out`` while the run goes on, so that an interrupted
+    run continues with ``resume=True``; a lock keeps two processes apart. On bad
+    input nothing is left in ``out``.
+
+    Returns:
+        The evaluation and the paths of the files written.
+    """
+    from calibkit.io.checkpoint import CaseStore
+    from calibkit.io.results import prepare_output_dir, save_evaluation
+
+    options = options or EvaluationOptions()
+    out_dir = Path(out)
+    prepare_output_dir(out_dir, [Path(predictions), Path(labels)], overwrite=overwrite)
+    fingerprint = {
+        "options": asdict(options),
+        "predictions": str(Path(predictions).resolve()),
+        "labels": str(Path(labels).resolve()),
+    }
+    with CaseStore(out_dir, fingerprint, resume=resume, overwrite=overwrite) as store:
+        try:
+            evaluation = evaluate_folders(
+                predictions,
+                labels,
+                options,
+                workers=workers,
+                progress=progress,
+                on_start=on_start,
+                store=store,
+            )
+        except CalibkitError:
+            store.discard()
+            raise
+        paths = save_evaluation(evaluation, out_dir)
+        store.finish()
+    return evaluation, paths
+
+
 def _run_cases(
     pairs: list[CasePair],
     options: EvaluationOptions,
     workers: int,
     progress: ProgressCallback | None,
+    store: CaseStore | None,
 ) -> list[CaseResult]:
+    def finished(result: CaseResult) -> None:
+        if store is not None:
+            store.save(result)
+        if progress is not None:
+            progress(result.case_id)
+
     if workers == 1 or len(pairs) <= 1:
         results = []
         for pair in pairs:
             results.append(evaluate_case(pair, options))
-            if progress is not None:
-                progress(pair.case_id)
+            finished(results[-1])
         return results
     # spawn, not fork: torch (CUDA) and BLAS thread pools do not survive a fork.
     context = get_context("spawn")
@@ -260,8 +335,7 @@ def _run_cases(
                     raise error
                 result = future.result()
                 done_results[result.case_id] = result
-                if progress is not None:
-                    progress(result.case_id)
+                finished(result)
     return [done_results[pair.case_id] for pair in pairs]
 
 

@@ -125,3 +125,49 @@ def test_binstats_helpers() -> None:
         bin_statistics([[0.1]], [[0, 1]], 2)
     with pytest.raises(ValueError):
         bin_edges(0)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 5, 20, 33, 100])
+def test_compiled_kernel_equals_numpy_reference(n_bins: int, rng: np.random.Generator) -> None:
+    pytest.importorskip("numba")
+    values = np.concatenate(
+        [
+            np.tile(edge_probabilities(n_bins), 50),
+            rng.random(200_000, dtype=np.float32),
+            np.zeros(70_000, np.float32),  # long runs in one bin (background)
+            [-0.5, 1.5, np.float32(1.0000001)],
+        ]
+    ).astype(np.float32)
+    targets = rng.random(values.size) < 0.5
+    compiled = bin_statistics(values[None], targets[None], n_bins, kernel="numba")
+    reference = bin_statistics(values[None], targets[None], n_bins, kernel="numpy")
+    np.testing.assert_array_equal(compiled.count, reference.count)
+    np.testing.assert_array_equal(compiled.sum_y, reference.sum_y)
+    np.testing.assert_allclose(compiled.sum_p, reference.sum_p, rtol=1e-12)
+    np.testing.assert_array_equal(
+        compiled.count[0], np.bincount(assign_bins(values, n_bins), minlength=n_bins)
+    )
+
+
+def test_compiled_kernel_does_not_depend_on_thread_count(rng: np.random.Generator) -> None:
+    numba = pytest.importorskip("numba")
+    values = rng.random((2, 300_001), dtype=np.float32)
+    targets = rng.random(values.shape) < values
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = bin_statistics(values, targets, 20, kernel="numba")
+    finally:
+        numba.set_num_threads(threads)
+    many = bin_statistics(values, targets, 20, kernel="numba")
+    np.testing.assert_array_equal(one.sum_p, many.sum_p)  # bit for bit
+    np.testing.assert_array_equal(one.count, many.count)
+
+
+def test_kernel_choice() -> None:
+    with pytest.raises(ValueError, match="kernel"):
+        bin_statistics([[0.5]], [[True]], 5, kernel="fortran")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="boolean"):
+        bin_statistics([[0.5]], [[0.3]], 5, kernel="numba")
+    # real-valued targets take the numpy path under "auto"
+    assert bin_statistics([[0.5]], [[0.3]], 5).sum_y[0, 2] == pytest.approx(0.3)

@@ -62,7 +62,7 @@ def user_errors(debug: bool) -> Iterator[None]:
         stderr.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True, highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        stderr.print("interrupted; nothing was written")
+        stderr.print("interrupted; finished cases are kept where a command supports --resume")
         raise typer.Exit(130) from None
 
 

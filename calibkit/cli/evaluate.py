@@ -44,10 +44,6 @@ class ActivationName(str, Enum):
     sigmoid = "sigmoid"
 
 
-class Preset(str, Enum):
-    brats = "brats"
-
-
 @app.command(
     "evaluate",
     epilog=(
@@ -86,7 +82,7 @@ def evaluate_cli(
     include_background: Annotated[
         bool, typer.Option("--include-background", help="Evaluate label 0 / channel 0 too.")
     ] = False,
-    preset: Annotated[Optional[Preset], typer.Option(help="brats: regions ET, TC, WT.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="brats: regions ET, TC, WT.")] = None,
     input_kind: Annotated[
         InputKind, typer.Option("--input", help="What the prediction files hold.")
     ] = InputKind.probabilities,
@@ -113,6 +109,10 @@ def evaluate_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace results already in --out.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted run in --out (same command)."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -121,9 +121,8 @@ def evaluate_cli(
     Writes per_image.csv, summary.csv, summary.json and bins.npz into --out.
     """
     with user_errors(debug):
-        from calibkit.evaluate import EvaluationOptions, evaluate_folders
+        from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
-        from calibkit.io.results import prepare_output_dir, save_evaluation
 
         options = EvaluationOptions(
             n_bins=n_bins,
@@ -132,7 +131,7 @@ def evaluate_cli(
             classes=int_list(classes, "--classes"),
             class_names=name_list(class_names),
             include_background=include_background,
-            preset=preset.value if preset else None,
+            preset=preset,
             input_kind=input_kind.value,  # type: ignore[arg-type]
             activation=activation.value,  # type: ignore[arg-type]
             ignore_geometry=ignore_geometry,
@@ -141,12 +140,18 @@ def evaluate_cli(
             backend=backend.value,  # type: ignore[arg-type]
             device=device,
         )
-        prepare_output_dir(out, [predictions, labels], overwrite=overwrite)
         with case_progress(show_progress(quiet)) as (on_start, advance):
-            evaluation = evaluate_folders(
-                predictions, labels, options, workers=workers, progress=advance, on_start=on_start
+            evaluation, paths = evaluate_to_folder(
+                predictions,
+                labels,
+                out,
+                options,
+                workers=workers,
+                resume=resume,
+                overwrite=overwrite,
+                progress=advance,
+                on_start=on_start,
             )
-        paths = save_evaluation(evaluation, out)
         for note in evaluation.warnings:
             stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
         if not quiet:
