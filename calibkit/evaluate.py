@@ -54,6 +54,9 @@ Activation = Literal["softmax", "sigmoid"]
 # Probabilities may stray this far outside [0, 1] (rounding of stored maps) before
 # they are rejected; within it they are clipped.
 PROBABILITY_TOLERANCE = 1e-4
+# Channels of a softmax map may sum this far from 1: uint8 storage alone (1/255
+# steps) moves a 4-channel sum by up to 0.008.
+SOFTMAX_SUM_TOLERANCE = 0.01
 MEAN_ROW = "mean"
 
 
@@ -76,6 +79,7 @@ class EvaluationOptions:
         suffixes: case-id suffixes stripped from file names.
         backend: ``"numpy"``, ``"torch"`` or ``"auto"`` (torch when a GPU is usable).
         device: torch device for the torch backend (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        strict: fail (instead of warning) when a softmax map's channels do not sum to 1.
     """
 
     n_bins: int = DEFAULT_N_BINS
@@ -92,6 +96,7 @@ class EvaluationOptions:
     suffixes: tuple[str, ...] = DEFAULT_CASE_SUFFIXES
     backend: Backend = "auto"
     device: str | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if int(self.n_bins) != self.n_bins or self.n_bins < 1:
@@ -369,10 +374,16 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
     if unknown:
         raise InputError(
             pair.label,
-            f"label values {unknown} are not among the evaluated classes "
-            f"({', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
+            f"label values {unknown} have no prediction channel or class (known labels: "
+            f"{', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
         )
     probabilities = to_probabilities(prediction.array, options, pair.prediction)
+    if plan.exclusive and options.input_kind == "probabilities":
+        problem = softmax_sum_problem(probabilities)
+        if problem is not None:
+            if options.strict:
+                raise InputError(pair.prediction, problem + " (--strict)")
+            notes.append(f"{pair.prediction}: {problem} (--strict makes this an error)")
     stats, overlap = _case_statistics(probabilities, label.array, plan, options)
     return CaseResult(
         case_id=pair.case_id,
@@ -407,6 +418,37 @@ def to_probabilities(
     return array
 
 
+def softmax_sum_problem(probabilities: npt.NDArray[np.float32]) -> str | None:
+    """A message when the channels of a softmax map do not sum to 1, else None."""
+    total = probabilities[0].copy()
+    for channel in probabilities[1:]:
+        total += channel
+    total -= np.float32(1.0)
+    np.abs(total, out=total)
+    worst = np.unravel_index(int(np.argmax(total)), total.shape)
+    if total[worst] <= SOFTMAX_SUM_TOLERANCE:
+        return None
+    voxel = tuple(int(i) for i in worst)
+    sums = probabilities[(slice(None), *voxel)].sum(dtype=np.float64)
+    return (
+        f"channels do not sum to 1 (sum {sums:.4f} at voxel {voxel}); a softmax map's channels "
+        "should: check the export, or use --preset / --classes for region or sigmoid maps"
+    )
+
+
+def argmax_channel(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """Index of the largest channel per voxel as uint8, without an int64 volume."""
+    if probabilities.shape[0] > 255:
+        raise CalibkitError("--dice-mode argmax supports at most 255 channels")
+    best = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    best_value = probabilities[0].copy()
+    for channel in range(1, probabilities.shape[0]):
+        larger = probabilities[channel] > best_value
+        best[larger] = channel
+        np.maximum(best_value, probabilities[channel], out=best_value)
+    return best
+
+
 def _activate(logits: npt.NDArray[np.float32], activation: str) -> npt.NDArray[np.float32]:
     if activation == "sigmoid":
         out = np.negative(logits, dtype=np.float32)
@@ -427,7 +469,7 @@ def _case_statistics(
     options: EvaluationOptions,
 ) -> tuple[BinStats, OverlapCounts]:
     bin_one_class = _class_binner(options)
-    predicted_channel = probabilities.argmax(axis=0) if options.dice_mode == "argmax" else None
+    predicted_channel = argmax_channel(probabilities) if options.dice_mode == "argmax" else None
     threshold = np.float32(options.dice_threshold)
     per_class: list[BinStats] = []
     intersection, predicted, truth = [], [], []

@@ -109,6 +109,10 @@ def evaluate_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace results already in --out.")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail when a softmax map's channels do not sum to 1."),
+    ] = False,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue an interrupted run in --out (same command)."),
@@ -139,6 +143,7 @@ def evaluate_cli(
             suffixes=tuple(DEFAULT_CASE_SUFFIXES) + tuple(suffix or ()),
             backend=backend.value,  # type: ignore[arg-type]
             device=device,
+            strict=strict,
         )
         with case_progress(show_progress(quiet)) as (on_start, advance):
             evaluation, paths = evaluate_to_folder(
