@@ -189,7 +189,12 @@ def unexpected_labels(label: npt.NDArray[np.integer], plan: ClassPlan) -> list[i
     """Label values present in ``label`` that no class or channel accounts for."""
     low, high = int(label.min()), int(label.max())
     if low >= 0 and high < 1 << 16:
-        present = np.flatnonzero(np.bincount(label.ravel(order="K"), minlength=1))
+        # bincount converts to intp: count slabs so the copy stays small.
+        flat = label.ravel(order="K")
+        seen = np.zeros(high + 1, dtype=bool)
+        for start in range(0, flat.size, 1 << 20):
+            seen |= np.bincount(flat[start : start + (1 << 20)], minlength=high + 1) > 0
+        present = np.flatnonzero(seen)
     else:
         present = np.unique(label)
     return sorted(int(value) for value in present if int(value) not in plan.known_labels)

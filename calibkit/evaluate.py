@@ -420,15 +420,18 @@ def to_probabilities(
 
 def softmax_sum_problem(probabilities: npt.NDArray[np.float32]) -> str | None:
     """A message when the channels of a softmax map do not sum to 1, else None."""
-    total = probabilities[0].copy()
-    for channel in probabilities[1:]:
-        total += channel
-    total -= np.float32(1.0)
-    np.abs(total, out=total)
-    worst = np.unravel_index(int(np.argmax(total)), total.shape)
-    if total[worst] <= SOFTMAX_SUM_TOLERANCE:
+    worst_error, voxel = 0.0, (0,) * (probabilities.ndim - 1)
+    # Slabs along the last axis keep the temporary sum small (volumes reach GBs).
+    for start in range(probabilities.shape[-1]):
+        slab = probabilities[..., start]
+        error = np.abs(slab.sum(axis=0, dtype=np.float32) - np.float32(1.0))
+        index = int(np.argmax(error))
+        if error.flat[index] > worst_error:
+            worst_error = float(error.flat[index])
+            voxel = (*np.unravel_index(index, error.shape), start)
+    if worst_error <= SOFTMAX_SUM_TOLERANCE:
         return None
-    voxel = tuple(int(i) for i in worst)
+    voxel = tuple(int(i) for i in voxel)
     sums = probabilities[(slice(None), *voxel)].sum(dtype=np.float64)
     return (
         f"channels do not sum to 1 (sum {sums:.4f} at voxel {voxel}); a softmax map's channels "
@@ -481,9 +484,10 @@ def _case_statistics(
             mask = p >= threshold
         else:
             mask = np.isin(predicted_channel, spec.channels)
-        intersection.append(np.count_nonzero(mask & y))
         predicted.append(np.count_nonzero(mask))
         truth.append(np.count_nonzero(y))
+        np.logical_and(mask, y, out=mask)  # in place: no third volume-sized mask
+        intersection.append(np.count_nonzero(mask))
     overlap = OverlapCounts(
         intersection=np.array(intersection, dtype=np.int64),
         predicted=np.array(predicted, dtype=np.int64),

@@ -3,7 +3,8 @@
 Conventions (SPEC §2):
 
 - A prediction is returned channel-first, float32, shape ``(C, x, y, z)``.
-- A label map is returned as integers (int16, or int32 when needed), shape ``(x, y, z)``.
+- A label map is returned as integers, shape ``(x, y, z)``: 8- and 16-bit storage as
+  stored, anything else as int16 (int32 when needed).
 - ``affine`` maps voxel indices to world millimetres in NIfTI's RAS+ convention;
   formats without geometry (nnU-Net ``.npz``) have ``affine=None``.
 
@@ -157,7 +158,8 @@ def read_label(path: Path | str) -> Volume:
         path: the label file (NIfTI or a SimpleITK format).
 
     Returns:
-        A Volume whose array is ``(x, y, z)`` int16, or int32 when values need it.
+        A Volume whose array is ``(x, y, z)``: 8- and 16-bit integers as stored, other
+        storage as int16 (int32 when values need it).
 
     Raises:
         InputError: the file is missing or unreadable, is not 3-D, or holds values
@@ -403,10 +405,12 @@ def _check_label_shape(shape: tuple[int, ...], path: Path) -> None:
 
 
 def _to_label_array(raw: np.ndarray, path: Path) -> np.ndarray:
-    """Convert to int16 (int32 when needed) without a float64 copy of the volume."""
+    """Small integers keep their stored type (no copy); others become int16 or int32."""
     kind = raw.dtype.kind
     if kind not in "biuf":
         raise InputError(path, f"label map stores {raw.dtype} values; labels must be integers")
+    if kind in "iu" and raw.dtype.itemsize <= 2:
+        return raw
     if kind == "f":
         _check_integer_valued(raw, path)
     if raw.size == 0 or kind == "b":
