@@ -18,10 +18,15 @@ __all__ = [
     "bin_edges",
     "bin_statistics",
     "calibration_errors",
+    "compare_runs",
     "dice_score",
     "evaluate_folders",
     "expected_calibration_error",
+    "fit_temperature",
+    "fit_temperature_folder",
+    "gate_folder",
     "maximum_calibration_error",
+    "summarize_folders",
 ]
 
 _LAZY = {
@@ -35,11 +40,18 @@ _LAZY = {
     "expected_calibration_error": "calibkit.metrics",
     "maximum_calibration_error": "calibkit.metrics",
     "evaluate_folders": "calibkit.evaluate",
+    "compare_runs": "calibkit.runs",
+    "summarize_folders": "calibkit.tables",
+    "gate_folder": "calibkit.gate",
+    "fit_temperature": "calibkit.temperature",
+    "fit_temperature_folder": "calibkit.calibrate",
 }
 
 if TYPE_CHECKING:
     from calibkit.binning import BinStats, bin_edges, bin_statistics
+    from calibkit.calibrate import fit_temperature_folder
     from calibkit.evaluate import evaluate_folders
+    from calibkit.gate import gate_folder
     from calibkit.metrics import (
         CalibrationErrors,
         average_calibration_error,
@@ -48,6 +60,9 @@ if TYPE_CHECKING:
         expected_calibration_error,
         maximum_calibration_error,
     )
+    from calibkit.runs import compare_runs
+    from calibkit.tables import summarize_folders
+    from calibkit.temperature import fit_temperature
 
 
 def __getattr__(name: str) -> Any:

@@ -80,6 +80,8 @@ class EvaluationOptions:
         backend: ``"numpy"``, ``"torch"`` or ``"auto"`` (torch when a GPU is usable).
         device: torch device for the torch backend (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         strict: fail (instead of warning) when a softmax map's channels do not sum to 1.
+        temperature: a ``t.json`` from ``calibkit fit-temperature``, applied to every
+            prediction before evaluation.
     """
 
     n_bins: int = DEFAULT_N_BINS
@@ -97,6 +99,7 @@ class EvaluationOptions:
     backend: Backend = "auto"
     device: str | None = None
     strict: bool = False
+    temperature: str | None = None
 
     def __post_init__(self) -> None:
         if int(self.n_bins) != self.n_bins or self.n_bins < 1:
@@ -223,6 +226,10 @@ def evaluate_folders(
     options = options or EvaluationOptions()
     if workers < 1:
         raise CalibkitError(f"--workers must be at least 1, got {workers}")
+    if options.temperature is not None:
+        from calibkit.calibrate import load_temperature
+
+        load_temperature(options.temperature)  # a bad file fails before any work
     pred_dir, label_dir = Path(predictions), Path(labels)
     pairing = pair_cases(
         pred_dir, label_dir, suffixes=options.suffixes, allow_missing=options.allow_missing
@@ -261,6 +268,7 @@ def evaluate_to_folder(
     workers: int = 1,
     resume: bool = False,
     overwrite: bool = False,
+    plots: int | None = None,
     progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> tuple[Evaluation, list[Path]]:
@@ -268,7 +276,8 @@ def evaluate_to_folder(
 
     Finished cases are kept in ``out`` while the run goes on, so that an interrupted
     run continues with ``resume=True``; a lock keeps two processes apart. On bad
-    input nothing is left in ``out``.
+    input nothing is left in ``out``. With ``plots=N`` the dataset reliability
+    histogram and the diagrams of the N worst-calibrated cases go to ``out/figures``.
 
     Returns:
         The evaluation and the paths of the files written.
@@ -300,6 +309,10 @@ def evaluate_to_folder(
             raise
         paths = save_evaluation(evaluation, out_dir)
         store.finish()
+    if plots is not None:
+        from calibkit.plots import write_evaluation_figures
+
+        paths += write_evaluation_figures(out_dir, n_worst=plots)
     return evaluation, paths
 
 
@@ -377,7 +390,13 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
             f"label values {unknown} have no prediction channel or class (known labels: "
             f"{', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
         )
-    probabilities = to_probabilities(prediction.array, options, pair.prediction)
+    if options.temperature is not None:
+        from calibkit.calibrate import calibrated_probabilities, load_temperature
+
+        model = load_temperature(options.temperature)
+        probabilities = calibrated_probabilities(prediction.array, model, options, pair.prediction)
+    else:
+        probabilities = to_probabilities(prediction.array, options, pair.prediction)
     if plan.exclusive and options.input_kind == "probabilities":
         problem = softmax_sum_problem(probabilities)
         if problem is not None:
@@ -420,7 +439,7 @@ def to_probabilities(
 
 def softmax_sum_problem(probabilities: npt.NDArray[np.float32]) -> str | None:
     """A message when the channels of a softmax map do not sum to 1, else None."""
-    worst_error, voxel = 0.0, (0,) * (probabilities.ndim - 1)
+    worst_error, voxel = 0.0, tuple(0 for _ in probabilities.shape[1:])
     # Slabs along the last axis keep the temporary sum small (volumes reach GBs).
     for start in range(probabilities.shape[-1]):
         slab = probabilities[..., start]
@@ -428,11 +447,11 @@ def softmax_sum_problem(probabilities: npt.NDArray[np.float32]) -> str | None:
         index = int(np.argmax(error))
         if error.flat[index] > worst_error:
             worst_error = float(error.flat[index])
-            voxel = (*np.unravel_index(index, error.shape), start)
+            voxel = (*(int(i) for i in np.unravel_index(index, error.shape)), start)
     if worst_error <= SOFTMAX_SUM_TOLERANCE:
         return None
-    voxel = tuple(int(i) for i in voxel)
-    sums = probabilities[(slice(None), *voxel)].sum(dtype=np.float64)
+    at_voxel: tuple[Any, ...] = (slice(None), *voxel)
+    sums = float(probabilities[at_voxel].sum(dtype=np.float64))
     return (
         f"channels do not sum to 1 (sum {sums:.4f} at voxel {voxel}); a softmax map's channels "
         "should: check the export, or use --preset / --classes for region or sigmoid maps"

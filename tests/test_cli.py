@@ -252,3 +252,28 @@ def test_import_and_help_stay_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == "[]"
+
+
+def test_evaluate_with_temperature_and_plots(tmp_path: Path) -> None:
+    predictions, labels = SAMPLE_DATA / "predictions" / "dsc", SAMPLE_DATA / "brats"
+    t_json = tmp_path / "t.json"
+    t_json.write_text('{"temperature": 2.0, "activation": "softmax", "n_channels": 4}')
+    common = ["--preset", "brats", "--quiet"]
+    assert run("evaluate", predictions, labels, "--out", tmp_path / "raw", *common)[0] == 0
+    code, _, stderr = run(
+        "evaluate", predictions, labels, "--out", tmp_path / "t2", *common,
+        "--temperature", t_json, "--plots", "--plot-worst", "1",
+    )  # fmt: skip
+    assert code == 0, stderr
+    raw = (tmp_path / "raw" / "per_image.csv").read_text()
+    softened = (tmp_path / "t2" / "per_image.csv").read_text()
+    assert raw.splitlines()[0] == softened.splitlines()[0] and raw != softened
+    assert json.loads((tmp_path / "t2" / "summary.json").read_text())["options"]["temperature"]
+    figures = sorted(p.name for p in (tmp_path / "t2" / "figures").iterdir())
+    assert figures[-1] == "reliability_histogram.png" and len(figures) == 2
+    t_json.write_text('{"temperature": 2.0, "activation": "softmax", "n_channels": 3}')
+    code, _, stderr = run(
+        "evaluate", predictions, labels, "--out", tmp_path / "t3", *common, "--temperature", t_json
+    )
+    assert code == 1 and "t.json" in stderr
+    assert not (tmp_path / "t3").exists()

@@ -113,6 +113,19 @@ def evaluate_cli(
         bool,
         typer.Option("--strict", help="Fail when a softmax map's channels do not sum to 1."),
     ] = False,
+    plots: Annotated[
+        bool,
+        typer.Option(
+            "--plots", help="Also draw the dataset histogram and the worst cases' diagrams."
+        ),
+    ] = False,
+    plot_worst: Annotated[
+        int, typer.Option(help="With --plots: diagrams of this many worst-calibrated cases.")
+    ] = 3,
+    temperature: Annotated[
+        Optional[Path],
+        typer.Option(help="Apply a fitted temperature (t.json from fit-temperature) first."),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option("--resume", help="Continue an interrupted run in --out (same command)."),
@@ -144,6 +157,7 @@ def evaluate_cli(
             backend=backend.value,  # type: ignore[arg-type]
             device=device,
             strict=strict,
+            temperature=str(temperature) if temperature is not None else None,
         )
         with case_progress(show_progress(quiet)) as (on_start, advance):
             evaluation, paths = evaluate_to_folder(
@@ -154,6 +168,7 @@ def evaluate_cli(
                 workers=workers,
                 resume=resume,
                 overwrite=overwrite,
+                plots=plot_worst if plots else None,
                 progress=advance,
                 on_start=on_start,
             )

@@ -1,0 +1,920 @@
+"""Fit a temperature on a validation folder, and apply it to prediction maps.
+
+Orchestration only: :mod:`calibkit.io` reads, pairs and writes files,
+:mod:`calibkit.classes` says which channels and label values make each class,
+:mod:`calibkit.temperature` fits and applies ``T``, and :mod:`calibkit.binning` /
+:mod:`calibkit.metrics` give the ACE before and after.
+
+The temperature divides the logits of the prediction *channels* (for a BraTS softmax
+map: BG, NCR, ED, ET), before any region is formed; ACE is reported on the evaluated
+classes (ET, TC, WT), exactly as ``calibkit evaluate`` forms them.
+
+Fitting reads one case at a time and keeps a seeded, uniform subsample of at most
+``max_voxels // n_cases`` voxels per case (at least one), so memory stays bounded
+whatever the folder size. A case's sample depends only on ``seed`` and its case id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from calibkit import __version__
+from calibkit.binning import BinStats, bin_statistics
+from calibkit.classes import (
+    ClassPlan,
+    class_probability,
+    class_target,
+    resolve_classes,
+    unexpected_labels,
+)
+from calibkit.errors import CalibkitError, InputError, OutputError
+from calibkit.io.atomic import atomic_write_text
+from calibkit.io.pairing import CasePair, find_predictions, pair_cases
+from calibkit.io.volumes import (
+    NIFTI_SUFFIXES,
+    check_geometry,
+    read_label,
+    read_prediction,
+    split_suffix,
+    write_prediction,
+)
+from calibkit.metrics import calibration_errors, per_image_mean
+from calibkit.temperature import (
+    ACTIVATIONS,
+    DEFAULT_BOUNDS,
+    PROBABILITY_CLIP,
+    TemperatureFit,
+    apply_temperature,
+    fit_temperature,
+    logits_from_probabilities,
+)
+
+if TYPE_CHECKING:
+    from calibkit.evaluate import EvaluationOptions
+
+__all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "TEMPERATURE_FORMAT",
+    "AppliedTemperature",
+    "FolderTemperature",
+    "TemperatureModel",
+    "apply_temperature_folder",
+    "calibrate_logits",
+    "calibrate_probabilities",
+    "calibrated_probabilities",
+    "channel_labels",
+    "check_output_file",
+    "fit_temperature_folder",
+    "load_temperature",
+    "save_temperature",
+]
+
+DEFAULT_MAX_VOXELS = 2_000_000
+TEMPERATURE_FORMAT = "calibkit-temperature"
+FORMAT_VERSION = 1
+MEAN_KEY = "mean"
+# A softmax map whose channels miss 1 by more than this on average draws a warning.
+_SUM_TOLERANCE = 0.02
+
+ProgressCallback = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class TemperatureModel:
+    """A temperature ready to apply (from :func:`load_temperature` or a fit).
+
+    Attributes:
+        temperature: one value, or one per prediction channel.
+        activation: ``"softmax"`` (over channels) or ``"sigmoid"`` (per channel).
+        n_channels: channel count of the predictions it was fitted for.
+        class_names: the evaluated classes of the fit (informative).
+        input_kind: what the fitted maps held (informative: ``T`` acts on logits either way).
+        source: the file it was read from, if any.
+    """
+
+    temperature: tuple[float, ...]
+    activation: str
+    n_channels: int
+    class_names: tuple[str, ...] = ()
+    input_kind: str = "probabilities"
+    source: Path | None = None
+
+    @property
+    def per_class(self) -> bool:
+        """Whether each channel has its own temperature."""
+        return len(self.temperature) > 1
+
+    def temperatures(self) -> npt.NDArray[np.float32]:
+        """``T`` as float32: a 0-d array, or one value per channel."""
+        values = np.asarray(self.temperature, dtype=np.float32)
+        return values if self.per_class else values.reshape(())
+
+    def describe(self) -> str:
+        """``T = 1.5 (softmax, 4 channels)`` style one-liner."""
+        values = ", ".join(f"{t:.4g}" for t in self.temperature)
+        return f"T = {values} ({self.activation}, {self.n_channels} channels)"
+
+    def check_channels(self, n_channels: int, path: Path | str | None = None) -> None:
+        """Raise :class:`InputError` when a prediction's channel count does not fit.
+
+        Args:
+            n_channels: the prediction's channel count.
+            path: the prediction file, named in the error (else the temperature file).
+        """
+        if n_channels == self.n_channels:
+            return
+        fitted = (
+            f"{self.n_channels} ({', '.join(self.class_names)})"
+            if self.class_names
+            else (str(self.n_channels))
+        )
+        where = f" in {self.source}" if self.source is not None else ""
+        problem = (
+            f"has {n_channels} channel(s) but the temperature{where} was fitted for {fitted}; "
+            "fit a temperature on predictions of the same kind"
+        )
+        raise InputError(path if path is not None else (self.source or "temperature"), problem)
+
+
+def calibrate_probabilities(
+    probabilities: npt.ArrayLike,
+    model: TemperatureModel,
+    *,
+    path: Path | str | None = None,
+) -> npt.NDArray[np.float32]:
+    """Calibrated probabilities ``act(logits(p) / T)`` of a channel-first map.
+
+    Logits are ``log p`` (softmax) or ``logit p`` (sigmoid) after clipping ``p`` to
+    ``[1e-7, 1 - 1e-7]``, so ``T = 1`` changes values by about 1e-7 at most.
+
+    Args:
+        probabilities: ``(C, *spatial)`` probabilities in [0, 1].
+        model: the temperature; ``C`` must equal ``model.n_channels``.
+        path: the prediction file, named in errors.
+
+    Returns:
+        float32 ``(C, *spatial)`` probabilities.
+
+    Raises:
+        InputError: the channel count does not fit the model.
+    """
+    array = np.asarray(probabilities)
+    model.check_channels(int(array.shape[0]) if array.ndim else 0, path)
+    logits = logits_from_probabilities(array, model.activation)  # type: ignore[arg-type]
+    return apply_temperature(logits, model.temperatures(), model.activation, axis=0)  # type: ignore[arg-type]
+
+
+def calibrate_logits(
+    logits: npt.ArrayLike,
+    model: TemperatureModel,
+    *,
+    path: Path | str | None = None,
+) -> npt.NDArray[np.float32]:
+    """Calibrated probabilities ``act(z / T)`` of channel-first logits ``(C, *spatial)``.
+
+    Raises:
+        InputError: the channel count does not fit the model.
+    """
+    array = np.asarray(logits)
+    model.check_channels(int(array.shape[0]) if array.ndim else 0, path)
+    return apply_temperature(array, model.temperatures(), model.activation, axis=0)  # type: ignore[arg-type]
+
+
+def calibrated_probabilities(
+    array: npt.NDArray[np.float32],
+    model: TemperatureModel,
+    options: EvaluationOptions,
+    path: Path,
+) -> npt.NDArray[np.float32]:
+    """Calibrated probabilities of one stored prediction, as ``calibkit evaluate`` reads it.
+
+    The drop-in for :func:`calibkit.evaluate.to_probabilities` when a temperature is
+    given: probability maps are validated and clipped as there, then calibrated with
+    :func:`calibrate_probabilities`; logits (``options.input_kind == "logits"``) are
+    divided by ``T`` directly (no clipping).
+
+    Args:
+        array: ``(C, *spatial)`` float32 values as read (may be modified in place).
+        model: the temperature.
+        options: ``input_kind`` and ``activation`` are used.
+        path: the prediction file, named in errors.
+
+    Raises:
+        InputError: bad probabilities, a channel count that does not fit the model, or
+            logits to activate with another activation than the model's.
+    """
+    from calibkit.evaluate import to_probabilities
+
+    if options.input_kind == "logits":
+        if options.activation != model.activation:
+            raise InputError(
+                model.source or path,
+                f"was fitted with a {model.activation} but the logits are read with "
+                f"--activation {options.activation}; use --activation {model.activation}",
+            )
+        return calibrate_logits(array, model, path=path)
+    probabilities = to_probabilities(array, options, path)
+    return calibrate_probabilities(probabilities, model, path=path)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True, eq=False)
+class FolderTemperature:
+    """The result of :func:`fit_temperature_folder` (what ``t.json`` records).
+
+    Attributes:
+        fit: the core fit (temperature, NLL before / after, convergence).
+        n_channels: channel count of the predictions.
+        class_names: evaluated classes (ACE is reported for these).
+        input_kind: ``"probabilities"`` or ``"logits"``.
+        ace_before: per class and ``"mean"``: mean over cases of each case's ACE on its
+            sampled voxels, before scaling (``"mean"``: of the per-case class means).
+        ace_after: the same after scaling.
+        ace_pooled_before: per class and ``"mean"``: ACE of all sampled voxels pooled.
+        ace_pooled_after: the same after scaling.
+        bins_before: bin statistics of the sample, ``(cases, classes, M)``, before.
+        bins_after: the same after scaling.
+        case_ids: fitted cases, sorted.
+        voxels_per_case: the per-case sample budget.
+        max_voxels: the requested total budget.
+        seed: the sampling seed.
+        options: the evaluation options used (classes, bins, input kind).
+        sources: the input folders.
+        warnings: notes raised on the way.
+    """
+
+    fit: TemperatureFit
+    n_channels: int
+    class_names: tuple[str, ...]
+    input_kind: str
+    ace_before: dict[str, float]
+    ace_after: dict[str, float]
+    ace_pooled_before: dict[str, float]
+    ace_pooled_after: dict[str, float]
+    bins_before: BinStats
+    bins_after: BinStats
+    case_ids: tuple[str, ...]
+    voxels_per_case: int
+    max_voxels: int
+    seed: int
+    options: EvaluationOptions
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def temperature(self) -> float | list[float]:
+        """The fitted ``T``: a float, or a list with one value per channel."""
+        value = self.fit.temperature_
+        return float(value) if isinstance(value, float) else [float(t) for t in value]
+
+    @property
+    def activation(self) -> str:
+        return self.fit.activation
+
+    def model(self) -> TemperatureModel:
+        """The fitted temperature as a :class:`TemperatureModel`."""
+        return TemperatureModel(
+            temperature=tuple(float(t) for t in self.fit.temperatures),
+            activation=self.fit.activation,
+            n_channels=self.n_channels,
+            class_names=self.class_names,
+            input_kind=self.input_kind,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """Everything ``t.json`` holds, as plain JSON-ready data."""
+        return {
+            "format": TEMPERATURE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "calibkit_version": __version__,
+            "temperature": self.temperature,
+            "per_class": self.fit.per_class,
+            "activation": self.fit.activation,
+            "input_kind": self.input_kind,
+            "n_channels": self.n_channels,
+            "classes": list(self.class_names),
+            "nll_before": _json_float(self.fit.nll_before),
+            "nll_after": _json_float(self.fit.nll_after),
+            "ace_before": _json_dict(self.ace_before),
+            "ace_after": _json_dict(self.ace_after),
+            "ace_pooled_before": _json_dict(self.ace_pooled_before),
+            "ace_pooled_after": _json_dict(self.ace_pooled_after),
+            "converged": self.fit.converged,
+            "at_bound": self.fit.at_bound,
+            "bounds": list(self.fit.bounds),
+            "n_voxels": self.fit.n_voxels,
+            "n_cases": len(self.case_ids),
+            "voxels_per_case": self.voxels_per_case,
+            "max_voxels": self.max_voxels,
+            "seed": self.seed,
+            "probability_clip": PROBABILITY_CLIP,
+            "options": asdict(self.options),
+            "inputs": self.sources,
+            "case_ids": list(self.case_ids),
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class _CaseSample:
+    case_id: str
+    logits: npt.NDArray[np.float32]  # (C, k)
+    probabilities: npt.NDArray[np.float32]  # (C, k), as evaluate reads them
+    labels: npt.NDArray[np.integer]  # (k,)
+
+
+def fit_temperature_folder(
+    predictions: str | os.PathLike[str],
+    labels: str | os.PathLike[str],
+    *,
+    options: EvaluationOptions | None = None,
+    per_class: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    seed: int = 0,
+    activation: str | None = None,
+    bounds: tuple[float, float] = DEFAULT_BOUNDS,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> FolderTemperature:
+    """Fit a temperature on a validation folder of predictions and labels.
+
+    Args:
+        predictions: folder of probability (or logit) maps.
+        labels: folder of integer label maps.
+        options: pairing, classes (``preset``, ``classes``...), ``n_bins`` for the ACE,
+            ``input_kind`` and (for logits) ``activation``; defaults when None.
+        per_class: one temperature per prediction channel.
+        max_voxels: total voxel budget, spread evenly over the cases.
+        seed: sampling seed (non-negative).
+        activation: ``"softmax"`` or ``"sigmoid"``; None picks the softmax for
+            mutually exclusive channels (a softmax map) and the sigmoid for region maps
+            or one channel. For logits it must agree with ``options.activation``.
+        bounds: search interval for ``T``.
+        progress: called with each case id once its voxels are sampled.
+        on_start: called once with the number of cases.
+
+    Returns:
+        :class:`FolderTemperature`.
+
+    Raises:
+        CalibkitError: on bad input, naming the file and the problem.
+    """
+    from calibkit.evaluate import EvaluationOptions
+
+    options = options or EvaluationOptions()
+    if int(max_voxels) != max_voxels or max_voxels < 1:
+        raise CalibkitError(f"--max-voxels must be a positive integer, got {max_voxels}")
+    if int(seed) != seed or seed < 0:
+        raise CalibkitError(f"--seed must be a non-negative integer, got {seed}")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise CalibkitError("--activation must be 'softmax' or 'sigmoid'")
+    if not (0 < bounds[0] < bounds[1] and math.isfinite(bounds[1])):
+        raise CalibkitError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
+    pred_dir, label_dir = Path(predictions), Path(labels)
+    pairing = pair_cases(
+        pred_dir, label_dir, suffixes=options.suffixes, allow_missing=options.allow_missing
+    )
+    pairs = list(pairing.pairs)
+    if on_start is not None:
+        on_start(len(pairs))
+    budget = max(1, int(max_voxels) // len(pairs))
+
+    notes: list[str] = []
+    samples: list[_CaseSample] = []
+    targets: list[npt.NDArray[Any]] = []
+    setup: _Setup | None = None
+    sum_gap = 0.0
+    for pair in pairs:
+        prediction = read_prediction(pair.prediction)
+        label = read_label(pair.label)
+        geometry_problem = check_geometry(prediction, label)
+        if geometry_problem is not None:
+            if not options.ignore_geometry:
+                raise InputError(pair.prediction, geometry_problem)
+            notes.append(f"{pair.prediction}: {geometry_problem}")
+        n_channels = int(prediction.array.shape[0])
+        if setup is None:
+            setup = _setup(n_channels, options, activation, pair.prediction)
+        elif n_channels != setup.plan.n_channels:
+            raise InputError(
+                pair.prediction,
+                f"has {n_channels} channel(s) but {pairs[0].prediction} has "
+                f"{setup.plan.n_channels}: every prediction must have the same channels",
+            )
+        plan = setup.plan
+        unknown = unexpected_labels(label.array, plan)
+        if unknown:
+            raise InputError(
+                pair.label,
+                f"label values {unknown} are not among the evaluated classes "
+                f"({', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
+            )
+        sample = _sample_case(
+            pair, prediction.array, label.array, options, setup.activation, budget, seed
+        )
+        targets.append(_channel_targets(sample.labels, setup.mapping, setup.activation, pair.label))
+        samples.append(sample)
+        sum_gap += float(np.sum(np.abs(sample.probabilities.sum(axis=0) - 1), dtype=np.float64))
+        if progress is not None:
+            progress(pair.case_id)
+    if setup is None:
+        raise CalibkitError("no cases to fit")
+    plan, chosen = setup.plan, setup.activation
+
+    logits = np.concatenate([s.logits for s in samples], axis=1)  # (C, N)
+    if chosen == "softmax" and options.input_kind == "probabilities":
+        mean_gap = sum_gap / logits.shape[1]
+        if mean_gap > _SUM_TOLERANCE:
+            notes.append(
+                f"channels sum to 1 only within {mean_gap:.3f} on average: is this a softmax "
+                "map? (use --activation sigmoid for independent channels)"
+            )
+    target = np.concatenate(targets, axis=-1)
+    fit = fit_temperature(
+        logits.T,
+        target if chosen == "softmax" else target.T,
+        activation=chosen,  # type: ignore[arg-type]
+        per_class=per_class,
+        bounds=bounds,
+    )
+    if fit.at_bound:
+        notes.append(
+            f"the fitted temperature lies on a bound of {fit.bounds}: the data ask for a more "
+            "extreme value"
+        )
+    if not fit.converged:
+        notes.append("the optimiser did not report convergence; check the result")
+
+    temperatures = fit.temperatures if fit.per_class else fit.temperatures.reshape(())
+    bins_before, bins_after = [], []
+    for sample in samples:
+        after = apply_temperature(sample.logits, temperatures, chosen, axis=0)  # type: ignore[arg-type]
+        bins_before.append(_class_bins(sample.probabilities, sample.labels, plan, options.n_bins))
+        bins_after.append(_class_bins(after, sample.labels, plan, options.n_bins))
+    before, after_stats = BinStats.stack(bins_before), BinStats.stack(bins_after)
+    if pairing.missing_label:
+        notes.append(f"skipped {len(pairing.missing_label)} case(s) without a label")
+    if pairing.missing_prediction:
+        notes.append(f"skipped {len(pairing.missing_prediction)} case(s) without a prediction")
+    return FolderTemperature(
+        fit=fit,
+        n_channels=plan.n_channels,
+        class_names=plan.names,
+        input_kind=options.input_kind,
+        ace_before=_macro_ace(before, plan.names),
+        ace_after=_macro_ace(after_stats, plan.names),
+        ace_pooled_before=_pooled_ace(before, plan.names),
+        ace_pooled_after=_pooled_ace(after_stats, plan.names),
+        bins_before=before,
+        bins_after=after_stats,
+        case_ids=tuple(pair.case_id for pair in pairs),
+        voxels_per_case=budget,
+        max_voxels=int(max_voxels),
+        seed=int(seed),
+        options=options,
+        sources={"predictions": str(pred_dir), "labels": str(label_dir)},
+        warnings=tuple(notes),
+    )
+
+
+def channel_labels(plan: ClassPlan) -> tuple[frozenset[int], ...]:
+    """The label values each prediction channel stands for.
+
+    Mutually exclusive channels (a softmax map): a channel takes the labels shared by
+    every class it is part of, minus those of the classes it is not part of; a channel
+    in no class (background) takes its own index as label. BraTS (BG, NCR, ED, ET)
+    gives ``{0}, {1}, {2}, {3, 4}``. Region maps: each channel takes its class's labels.
+
+    Raises:
+        CalibkitError: a channel has no class (region maps) or two channels share a label.
+
+    Example:
+        >>> plan = resolve_classes(4, preset="brats")
+        >>> [sorted(labels) for labels in channel_labels(plan)]
+        [[0], [1], [2], [3, 4]]
+    """
+    n = plan.n_channels
+    found: list[frozenset[int] | None] = [None] * n
+    if not plan.exclusive:
+        for spec in plan.classes:
+            if len(spec.channels) == 1:
+                found[spec.channels[0]] = frozenset(spec.labels)
+        missing = [c for c in range(n) if found[c] is None]
+        if missing:
+            raise CalibkitError(f"prediction channel(s) {missing} belong to no evaluated class")
+        return tuple(labels for labels in found if labels is not None)
+    for c in range(n):
+        inside = [frozenset(spec.labels) for spec in plan.classes if c in spec.channels]
+        if inside:
+            outside = [frozenset(spec.labels) for spec in plan.classes if c not in spec.channels]
+            found[c] = frozenset.intersection(*inside).difference(*outside)
+    taken = frozenset().union(*(labels for labels in found if labels is not None))
+    result = tuple(
+        labels if labels is not None else frozenset({c}) - taken for c, labels in enumerate(found)
+    )
+    if sum(len(labels) for labels in result) != len(frozenset().union(*result)):
+        raise CalibkitError("two prediction channels stand for the same label value")
+    return result
+
+
+@dataclass(frozen=True)
+class _Setup:
+    plan: ClassPlan
+    activation: str
+    mapping: tuple[frozenset[int], ...]
+
+
+def _setup(
+    n_channels: int, options: EvaluationOptions, activation: str | None, path: Path
+) -> _Setup:
+    """Classes, activation and channel labels, from the first prediction."""
+    plan = _plan(n_channels, options, path)
+    chosen = _choose_activation(activation, options, plan, path)
+    try:
+        mapping = channel_labels(plan)
+    except CalibkitError as error:
+        raise InputError(path, str(error)) from None
+    return _Setup(plan, chosen, mapping)
+
+
+def _plan(n_channels: int, options: EvaluationOptions, path: Path) -> ClassPlan:
+    try:
+        return resolve_classes(
+            n_channels,
+            classes=options.classes,
+            class_names=options.class_names,
+            include_background=options.include_background,
+            preset=options.preset,
+        )
+    except CalibkitError as error:
+        raise InputError(path, str(error)) from None
+
+
+def _choose_activation(
+    requested: str | None, options: EvaluationOptions, plan: ClassPlan, path: Path
+) -> str:
+    if options.input_kind == "logits":
+        if requested is not None and requested != options.activation:
+            raise CalibkitError(
+                f"--activation {requested} differs from the activation the logits are read "
+                f"with ({options.activation}); give one activation"
+            )
+        chosen: str = options.activation
+    else:
+        exclusive = plan.exclusive and plan.n_channels > 1
+        chosen = requested or ("softmax" if exclusive else "sigmoid")
+    if chosen == "softmax" and not (plan.exclusive and plan.n_channels > 1):
+        kind = "one channel" if plan.n_channels == 1 else f"{plan.n_channels} region channels"
+        raise InputError(
+            path,
+            f"a softmax temperature needs mutually exclusive channels (a softmax map), but "
+            f"this prediction has {kind} ({', '.join(plan.names)}); use --activation sigmoid",
+        )
+    return chosen
+
+
+def _sample_case(
+    pair: CasePair,
+    array: npt.NDArray[np.float32],
+    label: npt.NDArray[np.integer],
+    options: EvaluationOptions,
+    activation: str,
+    budget: int,
+    seed: int,
+) -> _CaseSample:
+    from calibkit.evaluate import to_probabilities
+
+    spatial = tuple(int(n) for n in label.shape)
+    n_voxels = int(np.prod(spatial))
+    if budget >= n_voxels:
+        index = np.arange(n_voxels)
+    else:
+        # Seeded by case id, not position: adding a case leaves the others' samples alone.
+        rng = np.random.default_rng([seed, zlib.crc32(pair.case_id.encode())])
+        index = np.sort(rng.choice(n_voxels, size=budget, replace=False))
+    where = np.unravel_index(index, spatial)
+    channels_at: tuple[Any, ...] = (slice(None), *where)
+    if options.input_kind == "logits":
+        logits = np.ascontiguousarray(array[channels_at], dtype=np.float32)
+        probabilities = apply_temperature(logits, 1.0, activation, axis=0)  # type: ignore[arg-type]
+    else:
+        full = to_probabilities(array, options, pair.prediction)
+        probabilities = np.ascontiguousarray(full[channels_at], dtype=np.float32)
+        logits = logits_from_probabilities(probabilities, activation)  # type: ignore[arg-type]
+    return _CaseSample(pair.case_id, logits, probabilities, label[where])
+
+
+def _channel_targets(
+    labels: npt.NDArray[np.integer],
+    mapping: Sequence[frozenset[int]],
+    activation: str,
+    label_path: Path,
+) -> npt.NDArray[Any]:
+    """Softmax: the channel index of each voxel ``(k,)``; sigmoid: ``(C, k)`` booleans."""
+    if activation == "sigmoid":
+        return np.stack([np.isin(labels, sorted(values)) for values in mapping])
+    top = max((max(values) for values in mapping if values), default=0)
+    lookup = np.full(max(top, int(labels.max(initial=0))) + 1, -1, dtype=np.int16)
+    for channel, values in enumerate(mapping):
+        lookup[sorted(values)] = channel
+    target: npt.NDArray[Any] = lookup[labels]
+    if target.size and int(target.min()) < 0:
+        value = int(labels[np.argmin(target)])
+        raise InputError(
+            label_path,
+            f"label value {value} belongs to no prediction channel; a softmax temperature "
+            "needs one channel per label (check --classes, or use --activation sigmoid)",
+        )
+    return target
+
+
+def _class_bins(
+    probabilities: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.integer],
+    plan: ClassPlan,
+    n_bins: int,
+) -> BinStats:
+    p = np.stack([class_probability(probabilities, spec) for spec in plan.classes])
+    y = np.stack([class_target(labels, spec) for spec in plan.classes])
+    return bin_statistics(p, y, n_bins)
+
+
+def _macro_ace(stats: BinStats, names: Sequence[str]) -> dict[str, float]:
+    ace = calibration_errors(stats).ace  # (cases, classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = {name: float(np.nanmean(ace[:, i])) for i, name in enumerate(names)}
+        result[MEAN_KEY] = float(np.nanmean(per_image_mean(ace)))
+    return result
+
+
+def _pooled_ace(stats: BinStats, names: Sequence[str]) -> dict[str, float]:
+    ace = calibration_errors(stats.pooled(axis=0)).ace  # (classes,)
+    result = {name: float(ace[i]) for i, name in enumerate(names)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result[MEAN_KEY] = float(np.nanmean(ace))
+    return result
+
+
+# --------------------------------------------------------------------------- files
+
+
+def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Check, before any work, that ``path`` can take a temperature file.
+
+    Creates the parent folder when missing.
+
+    Raises:
+        OutputError: ``path`` is a folder, exists (without ``overwrite``) or cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name such as {path / 't.json'}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists; use --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot create {path.parent} ({error.strerror})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write here (permission denied on {path.parent})")
+    return path
+
+
+def save_temperature(result: FolderTemperature, path: str | os.PathLike[str]) -> Path:
+    """Write ``result.record()`` as JSON, atomically. Returns the path."""
+    path = Path(path)
+    text = json.dumps(result.record(), indent=2, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def load_temperature(path: str | os.PathLike[str]) -> TemperatureModel:
+    """Read a temperature file written by ``calibkit fit-temperature``.
+
+    Required fields: ``temperature`` (a positive number, or one per channel),
+    ``activation`` (``"softmax"`` / ``"sigmoid"``) and ``n_channels``; a hand-written
+    ``{"temperature": 1.5, "activation": "softmax", "n_channels": 4}`` is enough.
+
+    Raises:
+        InputError: the file is missing, not JSON, or misses or mangles a field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "temperature file not found; write it with calibkit fit-temperature")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(path, "is not a text (JSON) file") from None
+    except json.JSONDecodeError as error:
+        raise InputError(
+            path, f"is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "must hold a JSON object with a 'temperature' field")
+    if data.get("format", TEMPERATURE_FORMAT) != TEMPERATURE_FORMAT:
+        raise InputError(path, f"is a {data['format']!r} file, not a temperature file")
+    missing = [key for key in ("temperature", "activation", "n_channels") if key not in data]
+    if missing:
+        raise InputError(
+            path, f"misses field(s) {', '.join(missing)}; write it with calibkit fit-temperature"
+        )
+    activation = data["activation"]
+    if activation not in ACTIVATIONS:
+        raise InputError(path, f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
+    n_channels = data["n_channels"]
+    if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
+        raise InputError(path, f"n_channels must be a positive integer, got {n_channels!r}")
+    if activation == "softmax" and n_channels < 2:
+        raise InputError(path, "a softmax temperature needs n_channels >= 2")
+    temperature = _read_temperatures(data["temperature"], n_channels, path)
+    classes = data.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise InputError(path, "classes must be a list of names")
+    input_kind = data.get("input_kind", "probabilities")
+    if input_kind not in ("probabilities", "logits"):
+        raise InputError(
+            path, f"input_kind must be 'probabilities' or 'logits', got {input_kind!r}"
+        )
+    return TemperatureModel(
+        temperature=temperature,
+        activation=activation,
+        n_channels=n_channels,
+        class_names=tuple(classes),
+        input_kind=input_kind,
+        source=path,
+    )
+
+
+def _read_temperatures(value: Any, n_channels: int, path: Path) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and len(values) not in (1, n_channels):
+        raise InputError(
+            path,
+            f"has {len(values)} temperatures for n_channels = {n_channels}; give one or "
+            f"{n_channels}",
+        )
+    numbers: list[float] = []
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise InputError(
+                path, f"temperature must be a number or a list of numbers, got {item!r}"
+            )
+        if not (math.isfinite(item) and item > 0):
+            raise InputError(path, f"temperature must be positive and finite, got {item!r}")
+        numbers.append(float(item))
+    return tuple(numbers)
+
+
+# --------------------------------------------------------------------------- applying
+
+
+@dataclass(frozen=True)
+class AppliedTemperature:
+    """The result of :func:`apply_temperature_folder`.
+
+    Attributes:
+        model: the temperature applied.
+        outputs: the files written, by case id.
+        storage: the storage type of each output, by case id.
+    """
+
+    model: TemperatureModel
+    outputs: dict[str, Path]
+    storage: dict[str, str]
+
+
+def apply_temperature_folder(
+    predictions: str | os.PathLike[str],
+    temperature: str | os.PathLike[str] | TemperatureModel,
+    out_dir: str | os.PathLike[str],
+    *,
+    options: EvaluationOptions | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> AppliedTemperature:
+    """Write calibrated probability maps of every prediction in a folder.
+
+    Each output has its input's file name (``.nii.gz`` for SimpleITK formats) and
+    relative folder under ``out_dir``, its geometry and header, and its storage: uint8
+    and uint16 maps stay scaled integers (``scl_slope`` 1/255, 1/65535), anything else
+    becomes float32. Every file is written atomically; the inputs are never touched.
+
+    Args:
+        predictions: folder of probability (or logit) maps.
+        temperature: a temperature file or a :class:`TemperatureModel`.
+        out_dir: output folder, outside ``predictions`` (and not containing it).
+        options: ``input_kind`` and ``suffixes`` are used; logits are activated with
+            the model's activation.
+        overwrite: replace outputs that already exist.
+        progress: called with each case id once written.
+        on_start: called once with the number of cases.
+
+    Raises:
+        CalibkitError: bad input (a channel count that does not fit the model, nnU-Net
+            ``.npz`` files, which have no geometry), or an unusable ``out_dir``.
+    """
+    from calibkit.evaluate import EvaluationOptions
+
+    options = options or EvaluationOptions()
+    model = (
+        temperature if isinstance(temperature, TemperatureModel) else load_temperature(temperature)
+    )
+    if options.input_kind == "logits":
+        options = replace(options, activation=model.activation)  # type: ignore[arg-type]
+    pred_dir, out = Path(predictions), Path(out_dir)
+    files = find_predictions(pred_dir, options.suffixes)
+    targets = _plan_outputs(pred_dir, files, out, overwrite)
+    if on_start is not None:
+        on_start(len(files))
+    storage: dict[str, str] = {}
+    for case_id in sorted(files):
+        source = files[case_id]
+        volume = read_prediction(source)
+        calibrated = calibrated_probabilities(volume.array, model, options, source)
+        storage[case_id] = _storage_of(source)
+        targets[case_id].parent.mkdir(parents=True, exist_ok=True)
+        write_prediction(targets[case_id], calibrated, source, storage=storage[case_id])
+        if progress is not None:
+            progress(case_id)
+    return AppliedTemperature(model=model, outputs=targets, storage=storage)
+
+
+def _plan_outputs(
+    pred_dir: Path, files: dict[str, Path], out: Path, overwrite: bool
+) -> dict[str, Path]:
+    resolved, inputs = out.resolve(), pred_dir.resolve()
+    if resolved == inputs or inputs in resolved.parents or resolved in inputs.parents:
+        raise OutputError(
+            f"{out}: the output folder must lie outside the prediction folder {pred_dir} "
+            "(and not contain it); choose another --out"
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    targets: dict[str, Path] = {}
+    for case_id, source in files.items():
+        stem, suffix = split_suffix(source)
+        if suffix == ".npz":
+            raise InputError(
+                source,
+                "nnU-Net .npz probabilities carry no geometry, so no NIfTI can be written with "
+                "it; use calibkit evaluate --temperature to apply the temperature on the fly",
+            )
+        relative = source.parent.relative_to(pred_dir)
+        name = source.name if suffix in NIFTI_SUFFIXES else f"{stem}.nii.gz"
+        targets[case_id] = out / relative / name
+    present = sorted(str(path) for path in targets.values() if path.exists())
+    if present and not overwrite:
+        more = f" and {len(present) - 1} more" if len(present) > 1 else ""
+        raise OutputError(
+            f"{out}: already holds {present[0]}{more}; use --overwrite to replace them or "
+            "choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out}: cannot create the folder ({error.strerror})") from None
+    return targets
+
+
+def _storage_of(path: Path) -> str:
+    """``uint8`` / ``uint16`` for scaled-integer NIfTI maps, else ``float32``."""
+    if split_suffix(path)[1] not in NIFTI_SUFFIXES:
+        return "float32"
+    import nibabel as nib
+
+    image: Any = nib.load(path)
+    dtype = np.dtype(image.get_data_dtype())
+    if dtype == np.uint8:
+        return "uint8"
+    if dtype.kind in "iu":
+        return "uint16"
+    return "float32"
+
+
+def _json_float(value: float) -> float | None:
+    return None if not math.isfinite(value) else float(value)
+
+
+def _json_dict(values: dict[str, float]) -> dict[str, float | None]:
+    return {key: _json_float(value) for key, value in values.items()}

@@ -1,0 +1,237 @@
+"""``calibkit fit-temperature`` and ``calibkit apply-temperature``: post-hoc temperature scaling."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from calibkit.cli.app import (
+    app,
+    case_progress,
+    int_list,
+    name_list,
+    show_progress,
+    stderr,
+    stdout,
+    user_errors,
+)
+
+if TYPE_CHECKING:
+    from calibkit.calibrate import FolderTemperature
+
+
+class InputKind(str, Enum):
+    probabilities = "probabilities"
+    logits = "logits"
+
+
+class ActivationName(str, Enum):
+    softmax = "softmax"
+    sigmoid = "sigmoid"
+
+
+class Preset(str, Enum):
+    brats = "brats"
+
+
+@app.command(
+    "fit-temperature",
+    epilog=(
+        "Examples:\n\n"
+        "  calibkit fit-temperature sample_data/predictions/dsc sample_data/brats --preset brats"
+        " --out t.json\n\n"
+        "  calibkit fit-temperature val_preds/ labelsTr/ --per-class --out t.json\n\n"
+        "  calibkit fit-temperature val_logits/ labels/ --input logits --activation sigmoid"
+        " --max-voxels 5000000 --seed 1 --out t.json"
+    ),
+)
+def fit_temperature_cli(
+    predictions: Annotated[
+        Path, typer.Argument(help="Folder of validation probability (or logit) maps.")
+    ],
+    labels: Annotated[Path, typer.Argument(help="Folder of integer label maps.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON file for the temperature.")],
+    per_class: Annotated[
+        bool, typer.Option("--per-class", help="One temperature per prediction channel.")
+    ] = False,
+    activation: Annotated[
+        Optional[ActivationName],
+        typer.Option(
+            help="softmax: exclusive classes (cross-entropy); sigmoid: per channel (BCE). "
+            "Default: softmax for a softmax map, sigmoid for region maps or one channel."
+        ),
+    ] = None,
+    input_kind: Annotated[
+        InputKind, typer.Option("--input", help="What the prediction files hold.")
+    ] = InputKind.probabilities,
+    preset: Annotated[Optional[Preset], typer.Option(help="brats: regions ET, TC, WT.")] = None,
+    classes: Annotated[
+        Optional[str],
+        typer.Option(help="Label values of the classes, one channel each, e.g. 1,2,3."),
+    ] = None,
+    class_names: Annotated[
+        Optional[str], typer.Option(help="Names of the classes, e.g. liver,tumour.")
+    ] = None,
+    include_background: Annotated[
+        bool, typer.Option("--include-background", help="Report ACE of label 0 too.")
+    ] = False,
+    n_bins: Annotated[int, typer.Option(help="Bins of the reported ACE.")] = 20,
+    max_voxels: Annotated[
+        int, typer.Option(help="Voxels sampled in all, spread evenly over the cases.")
+    ] = 2_000_000,
+    seed: Annotated[int, typer.Option(help="Seed of the voxel sampling.")] = 0,
+    suffix: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Extra file-name suffix stripped to get case ids (repeatable)."),
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option("--allow-missing", help="Skip cases without a partner (they are listed)."),
+    ] = False,
+    ignore_geometry: Annotated[
+        bool,
+        typer.Option("--ignore-geometry", help="Warn instead of failing on affine mismatches."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace --out if it exists.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Fit a temperature T on a validation folder: minimise the NLL of LABELS under PREDICTIONS / T.
+
+    Writes T, the NLL and ACE before and after (on the sampled voxels), the options and
+    the calibkit version to --out.
+    """
+    with user_errors(debug):
+        from calibkit.calibrate import check_output_file, fit_temperature_folder, save_temperature
+        from calibkit.evaluate import EvaluationOptions
+        from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
+
+        options = EvaluationOptions(
+            n_bins=n_bins,
+            classes=int_list(classes, "--classes"),
+            class_names=name_list(class_names),
+            include_background=include_background,
+            preset=preset.value if preset else None,
+            input_kind=input_kind.value,  # type: ignore[arg-type]
+            activation=(activation.value if activation else "softmax"),  # type: ignore[arg-type]
+            ignore_geometry=ignore_geometry,
+            allow_missing=allow_missing,
+            suffixes=tuple(DEFAULT_CASE_SUFFIXES) + tuple(suffix or ()),
+            backend="numpy",
+        )
+        check_output_file(out, overwrite=overwrite)
+        with case_progress(show_progress(quiet)) as (on_start, advance):
+            result = fit_temperature_folder(
+                predictions,
+                labels,
+                options=options,
+                per_class=per_class,
+                max_voxels=max_voxels,
+                seed=seed,
+                activation=activation.value if activation else None,
+                progress=advance,
+                on_start=on_start,
+            )
+        save_temperature(result, out)
+        for note in result.warnings:
+            stderr.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+        if not quiet:
+            _print_fit(result)
+            stdout.print(f"wrote {out}", soft_wrap=True)
+
+
+def _print_fit(result: FolderTemperature) -> None:
+    from rich.table import Table
+
+    fit = result.fit
+    values = ", ".join(f"{t:.4g}" for t in fit.temperatures)
+    stdout.print(
+        f"T = {values} ({fit.activation}, {'per channel' if fit.per_class else 'one for all'} "
+        f"{result.n_channels} channels) from {fit.n_voxels:,} voxels of "
+        f"{len(result.case_ids)} cases; NLL {fit.nll_before:.4f} -> {fit.nll_after:.4f}",
+        soft_wrap=True,
+    )
+    table = Table(
+        title="ACE on the sampled voxels: mean over cases, and pooled", title_justify="left"
+    )
+    table.add_column("class", no_wrap=True)
+    for heading in ("ACE before", "ACE after", "pooled before", "pooled after"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for name in [*result.class_names, "mean"]:
+        table.add_row(
+            name,
+            f"{result.ace_before[name]:.4f}",
+            f"{result.ace_after[name]:.4f}",
+            f"{result.ace_pooled_before[name]:.4f}",
+            f"{result.ace_pooled_after[name]:.4f}",
+        )
+    stdout.print(table)
+
+
+@app.command(
+    "apply-temperature",
+    epilog=(
+        "Examples:\n\n"
+        "  calibkit apply-temperature sample_data/predictions/dsc --temperature t.json"
+        " --out calibrated/dsc\n\n"
+        "  calibkit apply-temperature test_logits/ --input logits --temperature t.json"
+        " --out calibrated/"
+    ),
+)
+def apply_temperature_cli(
+    predictions: Annotated[Path, typer.Argument(help="Folder of probability (or logit) maps.")],
+    temperature: Annotated[
+        Path, typer.Option("--temperature", "-t", help="JSON file from fit-temperature.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for the calibrated maps (outside PREDICTIONS)."),
+    ],
+    input_kind: Annotated[
+        InputKind, typer.Option("--input", help="What the prediction files hold.")
+    ] = InputKind.probabilities,
+    suffix: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Extra file-name suffix stripped to get case ids (repeatable)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace maps already in --out.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Write calibrated probability maps of PREDICTIONS with a fitted temperature.
+
+    Same file names, geometry, header and storage type (uint8 stays uint8) as the inputs.
+    """
+    with user_errors(debug):
+        from calibkit.calibrate import apply_temperature_folder
+        from calibkit.evaluate import EvaluationOptions
+        from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
+
+        options = EvaluationOptions(
+            input_kind=input_kind.value,  # type: ignore[arg-type]
+            suffixes=tuple(DEFAULT_CASE_SUFFIXES) + tuple(suffix or ()),
+            backend="numpy",
+        )
+        with case_progress(show_progress(quiet)) as (on_start, advance):
+            applied = apply_temperature_folder(
+                predictions,
+                temperature,
+                out,
+                options=options,
+                overwrite=overwrite,
+                progress=advance,
+                on_start=on_start,
+            )
+        if not quiet:
+            stdout.print(
+                f"applied {applied.model.describe()} to {len(applied.outputs)} case(s); "
+                f"wrote {out}",
+                soft_wrap=True,
+            )
