@@ -337,7 +337,9 @@ def _run_cases(
         return results
     # spawn, not fork: torch (CUDA) and BLAS thread pools do not survive a fork.
     context = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(pairs)), mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(pairs)), mp_context=context, initializer=_one_thread_per_worker
+    ) as pool:
         futures: dict[Future[CaseResult], CasePair] = {
             pool.submit(evaluate_case, pair, options): pair for pair in pairs
         }
@@ -355,6 +357,17 @@ def _run_cases(
                 done_results[result.case_id] = result
                 finished(result)
     return [done_results[pair.case_id] for pair in pairs]
+
+
+def _one_thread_per_worker() -> None:
+    # Parallelism comes from the worker processes; threads inside each would
+    # oversubscribe the cores.
+    from calibkit.binning import numba_available
+
+    if numba_available():
+        import numba
+
+        numba.set_num_threads(1)
 
 
 def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:

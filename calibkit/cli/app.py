@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -28,6 +29,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+class InputKind(str, Enum):
+    """What prediction files hold (``--input``)."""
+
+    probabilities = "probabilities"
+    logits = "logits"
+
+
+class ActivationName(str, Enum):
+    """How logits become probabilities (``--activation``)."""
+
+    softmax = "softmax"
+    sigmoid = "sigmoid"
+
+
 # Piped output has no terminal width: keep table rows on one line in logs.
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True, highlight=False)

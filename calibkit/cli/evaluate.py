@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from calibkit.cli.app import (
+    ActivationName,
+    InputKind,
     app,
     case_progress,
     int_list,
@@ -32,16 +34,6 @@ class Backend(str, Enum):
 class DiceMode(str, Enum):
     threshold = "threshold"
     argmax = "argmax"
-
-
-class InputKind(str, Enum):
-    probabilities = "probabilities"
-    logits = "logits"
-
-
-class ActivationName(str, Enum):
-    softmax = "softmax"
-    sigmoid = "sigmoid"
 
 
 @app.command(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from calibkit.cli.app import (
+    ActivationName,
+    InputKind,
     app,
     case_progress,
     int_list,
@@ -21,20 +22,6 @@ from calibkit.cli.app import (
 
 if TYPE_CHECKING:
     from calibkit.calibrate import FolderTemperature
-
-
-class InputKind(str, Enum):
-    probabilities = "probabilities"
-    logits = "logits"
-
-
-class ActivationName(str, Enum):
-    softmax = "softmax"
-    sigmoid = "sigmoid"
-
-
-class Preset(str, Enum):
-    brats = "brats"
 
 
 @app.command(
@@ -67,7 +54,7 @@ def fit_temperature_cli(
     input_kind: Annotated[
         InputKind, typer.Option("--input", help="What the prediction files hold.")
     ] = InputKind.probabilities,
-    preset: Annotated[Optional[Preset], typer.Option(help="brats: regions ET, TC, WT.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="brats: regions ET, TC, WT.")] = None,
     classes: Annotated[
         Optional[str],
         typer.Option(help="Label values of the classes, one channel each, e.g. 1,2,3."),
@@ -116,7 +103,7 @@ def fit_temperature_cli(
             classes=int_list(classes, "--classes"),
             class_names=name_list(class_names),
             include_background=include_background,
-            preset=preset.value if preset else None,
+            preset=preset,
             input_kind=input_kind.value,  # type: ignore[arg-type]
             activation=(activation.value if activation else "softmax"),  # type: ignore[arg-type]
             ignore_geometry=ignore_geometry,
