@@ -7,6 +7,7 @@ Each command lives in its own module and registers itself on the shared Typer
 from __future__ import annotations
 
 from calibkit.cli import compare as _compare  # noqa: F401  (compare, summarize, gate)
+from calibkit.cli import demo as _demo  # noqa: F401  (registers its command)
 from calibkit.cli import evaluate as _evaluate  # noqa: F401  (registers its command)
 from calibkit.cli import plots as _plots  # noqa: F401  (plot-diagram, -histogram, -scatter)
 from calibkit.cli import temperature as _temperature  # noqa: F401  (fit-/apply-temperature)

@@ -1,0 +1,49 @@
+"""``calibkit demo``: the whole pipeline on the bundled sample data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from calibkit.cli.app import app, stderr, stdout, user_errors
+
+
+@app.command(
+    "demo",
+    epilog="Examples:\n\n  calibkit demo\n\n  calibkit demo --out /tmp/calibkit-demo",
+)
+def demo_cli(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Results folder.")] = Path(
+        "results/demo"
+    ),
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="Sample data folder (brats/ and predictions/); default: sample_data/."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Run evaluate, fit-temperature, compare, summarize and the plots on the sample data.
+
+    Prints where every table and figure went.
+    """
+    with user_errors(debug):
+        from calibkit.demo import run_demo
+
+        def step(text: str) -> None:
+            if not quiet:
+                stderr.print(f"[dim]·[/] {text}")
+
+        result = run_demo(out, data=data, step=step)
+        if quiet:
+            return
+        stdout.print(
+            "\nmean ACE over cases: "
+            + ", ".join(f"{name} {value:.3f}" for name, value in result.mean_ace.items())
+            + f"  (fitted temperature {result.temperature:.2f})\n"
+        )
+        for label, path in result.outputs:
+            stdout.print(f"  {label:<34} {path}", soft_wrap=True)
+        stdout.print(f"\nopen {result.out / 'summary.md'} first; the figures are PNG files.")
