@@ -15,6 +15,9 @@ Contenders, on the same seeded softmax probabilities and one-hot targets of shap
 
 Prints medians, the hard loss's speed-up over the loop, and each loss's cost as a
 percentage of the UNet step; the same on CUDA when available. Nothing asserts.
+On a machine whose cores are busy with other work, multi-threaded CPU timings
+swing wildly (every parallel region waits for a descheduled thread); ``--threads 1``
+gives stable, comparable figures there.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def median_seconds(run: Callable[[], object], repeats: int, sync: Callable[[], N
 
 
 def run_device(device: torch.device, args: argparse.Namespace) -> None:
-    from monai.networks.nets import UNet
+    from monai.networks.nets.unet import UNet
 
     from calibkit.losses import HardL1ACELoss, SoftL1ACELoss
 
@@ -111,9 +114,7 @@ def run_device(device: torch.device, args: argparse.Namespace) -> None:
         ),
         "MONAI UNet forward + backward": unet_step,
     }
-    timings = {
-        name: median_seconds(run, args.repeats, sync) for name, run in contenders.items()
-    }
+    timings = {name: median_seconds(run, args.repeats, sync) for name, run in contenders.items()}
     # The loop and the hard loss share one definition: check they agree before reporting.
     with torch.no_grad():
         gap = abs(hard(probabilities, target).item() - loop_hard_ace(probabilities, target, 20))
@@ -145,7 +146,15 @@ def main() -> None:
     parser.add_argument("--n-bins", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default); 1 gives stable figures on a busy machine",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     run_device(torch.device("cpu"), args)
     if torch.cuda.is_available() and not args.cpu_only:
         run_device(torch.device("cuda"), args)

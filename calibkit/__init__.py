@@ -13,10 +13,13 @@ __version__ = "0.1.0"
 __all__ = [
     "BinStats",
     "CalibrationErrors",
+    "HardL1ACELoss",
+    "SoftL1ACELoss",
     "__version__",
     "average_calibration_error",
     "bin_edges",
     "bin_statistics",
+    "build_loss",
     "calibration_errors",
     "compare_runs",
     "dice_score",
@@ -45,6 +48,9 @@ _LAZY = {
     "gate_folder": "calibkit.gate",
     "fit_temperature": "calibkit.temperature",
     "fit_temperature_folder": "calibkit.calibrate",
+    "HardL1ACELoss": "calibkit.losses",
+    "SoftL1ACELoss": "calibkit.losses",
+    "build_loss": "calibkit.losses",
 }
 
 if TYPE_CHECKING:
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
     from calibkit.calibrate import fit_temperature_folder
     from calibkit.evaluate import evaluate_folders
     from calibkit.gate import gate_folder
+    from calibkit.losses import HardL1ACELoss, SoftL1ACELoss, build_loss
     from calibkit.metrics import (
         CalibrationErrors,
         average_calibration_error,

@@ -17,11 +17,15 @@ MONAI's losses and compute one calibration error per (image, class) pair:
   dropped; the gradient flows through ``p`` and through the weights.
 
 Both are vectorised over batch and classes: every voxel gets one combined
-(image, class, bin) key, and one ``index_add_`` per statistic accumulates all
-pairs at once. The voxel work is a hand-written :class:`torch.autograd.Function`
-that returns per-bin sums; its backward is a gather of the per-bin gradient.
-Probabilities are binned in float32 (half / bfloat16 inputs are cast), and sums
-accumulate in float64 across chunks, so autocast inputs are safe.
+(image, class, bin) key, and a ``bincount`` plus ``index_add_`` calls (two sums
+packed as one complex tensor on the CPU) accumulate all pairs at once, chunk by
+chunk. The voxel work is a hand-written :class:`torch.autograd.Function` that
+returns per-bin sums; everything after them (gaps, ACE / ECE / MCE, weights,
+reduction) is ordinary autograd on ``(B, C, M)`` tensors, and the hard backward
+is one gather of the per-bin gradient. Probabilities are binned in float32
+(half / bfloat16 inputs are cast) and sums accumulate in float64 across chunks,
+so autocast inputs are safe. ``torch.compile`` breaks the graph around the voxel
+loop and compiles the rest.
 
 :func:`build_loss` turns a spec such as ``"dsc+ce+ace"`` or
 ``"dsc:1+ce:1+ace:0.3"`` into a :class:`CombinedLoss` for training.
@@ -32,7 +36,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -40,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from calibkit.binning import DEFAULT_N_BINS, bin_edges
-from calibkit.binning_torch import edges_tensor
+from calibkit.binning_torch import bin_index_with_edges, edges_tensor
 from calibkit.errors import CalibkitError
 
 CalibrationReduction = Literal["average", "expected", "maximum"]
@@ -55,53 +59,8 @@ DEFAULT_EMPTY_WEIGHT = 0.01
 # step stay in cache and are recycled by the allocator (whole-volume temporaries
 # cost more in page faults than in arithmetic); on a GPU large steps keep the
 # launch count low.
-CPU_CHUNK_VOXELS = 1 << 16
+CPU_CHUNK_VOXELS = 1 << 18
 DEVICE_CHUNK_VOXELS = 1 << 22
-
-
-# --------------------------------------------------------------------------- binning
-
-
-def fast_bin_index(probabilities: torch.Tensor, n_bins: int = DEFAULT_N_BINS) -> torch.Tensor:
-    """Bin index by multiply-and-correct, equal to :func:`calibkit.binning_torch.bin_index`.
-
-    ``floor(p * M)`` (float32) is at most one bin away from the exact rule, because
-    the float32 edges differ from ``k / M`` by a few ulps; one comparison against
-    each neighbouring edge of :func:`calibkit.binning_torch.edges_tensor` fixes it.
-    NaN lands in bin 0 (the reference puts it last; a NaN probability makes the
-    loss NaN either way). Cheaper than ``torch.bucketize`` on small chunks.
-
-    Args:
-        probabilities: any shape; cast to float32.
-        n_bins: number of bins ``M``.
-
-    Returns:
-        int32 bin indices in ``[0, M - 1]``, same shape.
-
-    Example:
-        >>> fast_bin_index(torch.tensor([0.0, 0.05, 0.0500001, 0.5, 1.0]), 20).tolist()
-        [0, 0, 1, 9, 19]
-    """
-    p = probabilities.float()
-    lower, upper = _correction_edges(n_bins, p.device)
-    scaled = p * n_bins
-    scaled.nan_to_num_(nan=0.0).clamp_(0, n_bins - 1)
-    index = scaled.to(torch.int32)
-    flat = index.reshape(-1)
-    index += p > upper.index_select(0, flat).view_as(p)
-    index -= (p <= lower.index_select(0, flat).view_as(p)).to(torch.int32)
-    return index
-
-
-def _correction_edges(n_bins: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Lower / upper edge of each bin, opened to -inf / +inf at the ends: bin 0 takes
-    # everything <= e_1 and bin M - 1 everything above e_{M-1}.
-    edges = edges_tensor(n_bins, device)
-    lower = edges[:-1].clone()
-    upper = edges[1:].clone()
-    lower[0] = -math.inf
-    upper[-1] = math.inf
-    return lower, upper
 
 
 def _chunk_step(n_pairs: int, device: torch.device) -> int:
@@ -109,12 +68,44 @@ def _chunk_step(n_pairs: int, device: torch.device) -> int:
     return max(256, budget // max(n_pairs, 1))
 
 
+def _chunks(n_voxels: int, n_pairs: int, device: torch.device) -> list[tuple[int, int]]:
+    step = _chunk_step(n_pairs, device)
+    return [(start, min(start + step, n_voxels)) for start in range(0, n_voxels, step)]
+
+
 def _partial_dtype(probabilities: torch.Tensor) -> torch.dtype:
-    # Per-chunk sums: float32 on the CPU (a chunk holds at most a few thousand voxels
-    # per bin) and float64 on devices, whose chunks are large; float64 inputs stay exact.
+    # Per-chunk sums: float32 on the CPU, whose chunks hold at most 32768 voxels per pair
+    # (hard sums add p - k/M, a bin wide at most); float64 on devices, whose chunks are
+    # large; float64 inputs stay float64. Totals across chunks are float64 everywhere.
     if probabilities.dtype == torch.float64 or probabilities.device.type != "cpu":
         return torch.float64
     return torch.float32
+
+
+# Devices on which two per-key sums are accumulated as one complex index_add_
+# (real part, imaginary part): half the scatters. Elsewhere, two real index_add_.
+COMPLEX_SCATTER_DEVICES: tuple[str, ...] = ("cpu",)
+
+
+def _scatter_pair(
+    totals: tuple[torch.Tensor, torch.Tensor],
+    key: torch.Tensor,
+    first: torch.Tensor,
+    second: torch.Tensor,
+) -> None:
+    """Add per-key sums of ``first`` and ``second`` (same shape as the key) to ``totals``."""
+    n_keys = totals[0].numel()
+    device = key.device
+    if device.type in COMPLEX_SCATTER_DEVICES:
+        source = torch.complex(first, second).view(-1)
+        acc = torch.zeros(n_keys, dtype=source.dtype, device=device)
+        acc.index_add_(0, key, source)
+        totals[0].add_(acc.real)
+        totals[1].add_(acc.imag)
+        return
+    for total, values in zip(totals, (first, second), strict=True):
+        acc = torch.zeros(n_keys, dtype=values.dtype, device=device)
+        total.add_(acc.index_add_(0, key, values.reshape(-1)))
 
 
 class _Targets:
@@ -142,16 +133,30 @@ class _Targets:
         return hit.to(dtype)
 
 
+def _zero_pair(n_keys: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.zeros(n_keys, dtype=torch.float64, device=device),
+        torch.zeros(n_keys, dtype=torch.float64, device=device),
+    )
+
+
 def _pair_offsets(batch: int, classes: int, n_bins: int, device: torch.device) -> torch.Tensor:
     pairs = torch.arange(batch * classes, dtype=torch.int32, device=device)
     return (pairs * n_bins).view(batch, classes, 1)
 
 
+def _bin_storage(n_bins: int) -> torch.dtype:
+    if n_bins <= 256:
+        return torch.uint8
+    return torch.int16 if n_bins <= 32768 else torch.int32
+
+
 class _HardBinSums(torch.autograd.Function):
     """Per-(image, class, bin) count, sum of p and sum of y under the metric's hard bins.
 
-    Only ``sum_p`` is differentiable: its backward gathers the per-bin gradient
-    back to every voxel of the bin.
+    Only ``sum_p`` is differentiable. The forward keeps each voxel's bin (one byte);
+    the backward gathers the per-bin gradient back to the voxels: with bins and
+    ``ybar`` fixed, ``d sum_p[k] / d p_i`` is 1 for the voxels of bin k and 0 elsewhere.
     """
 
     @staticmethod
@@ -164,41 +169,32 @@ class _HardBinSums(torch.autograd.Function):
         batch, classes, n_voxels = probabilities.shape
         device = probabilities.device
         n_keys = batch * classes * n_bins
-        lower, upper = _correction_edges(n_bins, device)
+        inner = edges_tensor(n_bins, device)[1:-1].contiguous()
         offsets = _pair_offsets(batch, classes, n_bins, device)
         partial = _partial_dtype(probabilities)
+        inverse = 1.0 / n_bins
         bins = torch.empty((batch, classes, n_voxels), dtype=_bin_storage(n_bins), device=device)
         count = torch.zeros(n_keys, dtype=torch.int64, device=device)
-        sum_p = torch.zeros(n_keys, dtype=torch.float64, device=device)
-        sum_y = torch.zeros(n_keys, dtype=torch.float64, device=device)
-        step = _chunk_step(batch * classes, device)
-        for start in range(0, n_voxels, step):
-            stop = min(start + step, n_voxels)
+        sums = _zero_pair(n_keys, device)
+        for start, stop in _chunks(n_voxels, batch * classes, device):
             p = probabilities[:, :, start:stop]
-            p32 = p.float()
-            # fast_bin_index, inlined so the chunk's index is reused for the key.
-            scaled = p32 * n_bins
-            scaled.nan_to_num_(nan=0.0).clamp_(0, n_bins - 1)
-            index = scaled.to(torch.int32)
-            flat = index.view(-1)
-            index += p32 > upper.index_select(0, flat).view_as(index)
-            index -= (p32 <= lower.index_select(0, flat).view_as(index)).to(torch.int32)
+            index = bin_index_with_edges(p.float(), n_bins, inner)
             bins[:, :, start:stop] = index
             key = (index + offsets).view(-1)
             count += torch.bincount(key, minlength=n_keys)
-            sum_p += torch.zeros(n_keys, dtype=partial, device=device).index_add_(
-                0, key, p.to(partial).reshape(-1)
-            )
-            y = targets.chunk(start, stop, partial).reshape(-1)
-            sum_y += torch.zeros(n_keys, dtype=partial, device=device).index_add_(0, key, y)
+            # Sum p - k/M (exact by Sterbenz's lemma, at most a bin wide) rather than p:
+            # the float32 partial sums then err M times less; k/M is added back below.
+            offset = p.to(partial) - index.to(partial).mul_(inverse)
+            _scatter_pair(sums, key, offset, targets.chunk(start, stop, partial))
         ctx.save_for_backward(bins)
-        ctx.n_bins = n_bins
         ctx.input_dtype = probabilities.dtype
         shape = (batch, classes, n_bins)
         count_f = count.to(torch.float64).view(shape)
-        sum_y = sum_y.view(shape)
+        base = torch.arange(n_bins, dtype=partial, device=device).mul_(inverse)
+        sum_p = sums[0].view(shape) + count_f * base.to(torch.float64)
+        sum_y = sums[1].view(shape)
         ctx.mark_non_differentiable(count_f, sum_y)
-        return count_f, sum_p.view(shape), sum_y
+        return count_f, sum_p, sum_y
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -211,32 +207,23 @@ class _HardBinSums(torch.autograd.Function):
             return None, None, None
         (bins,) = ctx.saved_tensors
         batch, classes, n_voxels = bins.shape
-        device = bins.device
         table_dtype = torch.float64 if ctx.input_dtype == torch.float64 else torch.float32
-        table = grad_sum_p.reshape(-1).to(table_dtype)
-        offsets = _pair_offsets(batch, classes, ctx.n_bins, device)
-        grad = torch.empty((batch, classes, n_voxels), dtype=ctx.input_dtype, device=device)
-        step = _chunk_step(batch * classes, device)
-        for start in range(0, n_voxels, step):
-            stop = min(start + step, n_voxels)
-            key = (bins[:, :, start:stop].to(torch.int32) + offsets).view(-1)
-            grad[:, :, start:stop] = table.index_select(0, key).view(batch, classes, -1)
+        table = grad_sum_p.to(table_dtype)
+        grad = torch.empty(bins.shape, dtype=ctx.input_dtype, device=bins.device)
+        for start, stop in _chunks(n_voxels, batch * classes, bins.device):
+            index = bins[:, :, start:stop].long()
+            grad[:, :, start:stop] = torch.gather(table, 2, index)
         return grad, None, None
 
 
-def _bin_storage(n_bins: int) -> torch.dtype:
-    if n_bins <= 256:
-        return torch.uint8
-    return torch.int16 if n_bins <= 32768 else torch.int32
-
-
 class _SoftBinSums(torch.autograd.Function):
-    """Per-(image, class, bin) soft weight, weighted sum of p and of y.
+    """Per-(image, class, bin) soft weight, weighted sum of p and weighted sum of y.
 
-    Voxel i at ``t = p / delta - 0.5`` (bin centres at integer t) sends ``1 - f`` of
-    its mass to bin ``j = floor(t)`` and ``f = t - j`` to bin ``j + 1``; t is clamped
-    to ``[0, M - 1]`` so voxels beyond the end centres go wholly to the end bins.
-    All three sums are differentiable in p (through p itself and the weights).
+    Voxel i sits at ``t = p / delta - 0.5`` in centre units (bin centres at integer
+    t, ``delta = (1 + eps) / M`` the metric's bin width); t is clamped to
+    ``[0, M - 1]``, and the voxel sends ``1 - f`` of its unit mass to bin
+    ``j = floor(t)`` and ``f = t - j`` to bin ``j + 1``. All three sums are
+    differentiable in p, through p itself and through the weights.
     """
 
     @staticmethod
@@ -251,27 +238,25 @@ class _SoftBinSums(torch.autograd.Function):
         n_keys = batch * classes * n_bins
         offsets = _pair_offsets(batch, classes, n_bins, device)
         partial = _partial_dtype(probabilities)
-        sums = [torch.zeros(n_keys, dtype=torch.float64, device=device) for _ in range(3)]
-        step = _chunk_step(batch * classes, device)
-        for start in range(0, n_voxels, step):
-            stop = min(start + step, n_voxels)
+        # (left, right) sums keyed by the left bin; the right ones shift one bin up.
+        weight, weighted_p, weighted_y = (_zero_pair(n_keys, device) for _ in range(3))
+        for start, stop in _chunks(n_voxels, batch * classes, device):
             p = probabilities[:, :, start:stop].to(partial)
             y = targets.chunk(start, stop, partial)
-            key_left, key_right, frac, _ = _soft_position(p, n_bins, offsets)
+            left, frac = _soft_position(p, n_bins)
+            key = (left + offsets).view(-1)
             w_left = 1.0 - frac
-            for total, value in zip(sums, (None, p, y), strict=True):
-                left = w_left if value is None else w_left * value
-                right = frac if value is None else frac * value
-                acc = torch.zeros(n_keys, dtype=partial, device=device)
-                acc.index_add_(0, key_left, left.reshape(-1))
-                acc.index_add_(0, key_right, right.reshape(-1))
-                total += acc
+            _scatter_pair(weight, key, w_left, frac)
+            _scatter_pair(weighted_p, key, w_left * p, frac * p)
+            _scatter_pair(weighted_y, key, w_left * y, frac * y)
         ctx.save_for_backward(probabilities)
         ctx.targets = targets
         ctx.n_bins = n_bins
         shape = (batch, classes, n_bins)
-        weight, sum_wp, sum_wy = (total.view(shape) for total in sums)
-        return weight, sum_wp, sum_wy
+        return tuple(  # type: ignore[return-value]
+            left.view(shape) + _preceding(right.view(shape))
+            for left, right in (weight, weighted_p, weighted_y)
+        )
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -287,57 +272,84 @@ class _SoftBinSums(torch.autograd.Function):
         device = probabilities.device
         partial = _partial_dtype(probabilities)
         offsets = _pair_offsets(batch, classes, n_bins, device)
-
-        def following(grad: torch.Tensor) -> torch.Tensor:
-            # The gradient of bin k + 1 at position k (zero after the last bin).
-            return F.pad(grad[..., 1:], (0, 1))
-
-        # dL/dp_i = s [dGw + p dGwp + y dGwy] (inside the centres) + (1-f) Gwp_j + f Gwp_j+1,
-        # with dG = G_{j+1} - G_j and s = d t / d p.
-        table = torch.stack(
-            [
-                following(grad_weight) - grad_weight,
-                following(grad_sum_wp) - grad_sum_wp,
-                following(grad_sum_wy) - grad_sum_wy,
-                grad_sum_wp,
-                following(grad_sum_wp),
-            ],
-            dim=-1,
-        ).reshape(-1, 5)
-        table = table.to(partial)
-        slope = n_bins / _centre_spacing_scale(n_bins)
-        grad = torch.empty_like(probabilities)
-        step = _chunk_step(batch * classes, device)
-        for start in range(0, n_voxels, step):
-            stop = min(start + step, n_voxels)
+        # Voxel i adds w_l h_j + w_r h_{j+1} to sum_k (gw_k S_w + gwp_k S_wp + gwy_k S_wy), with
+        # h_k = gw_k + p gwp_k + y gwy_k and dw_r/dp = -dw_l/dp = dt/dp inside the centres:
+        # dL/dp_i = dt/dp (dgw + p dgwp + y dgwy) + gwp_j + f dgwp, where dg = g_{j+1} - g_j.
+        d_weight, d_wp, d_wy = (
+            (_following(grad) - grad).to(partial)
+            for grad in (grad_weight, grad_sum_wp, grad_sum_wy)
+        )
+        tables = (
+            torch.complex(d_weight, d_wp).view(-1),
+            torch.complex(d_wy, grad_sum_wp.to(partial)).view(-1),
+        )
+        slope = n_bins / _bin_width_scale(n_bins)
+        grad = torch.empty(probabilities.shape, dtype=probabilities.dtype, device=device)
+        for start, stop in _chunks(n_voxels, batch * classes, device):
             p = probabilities[:, :, start:stop].to(partial)
             y = targets.chunk(start, stop, partial)
-            key_left, _, frac, inside = _soft_position(p, n_bins, offsets)
-            g = table.index_select(0, key_left).view(*p.shape, 5)
-            value = (g[..., 0] + p * g[..., 1] + y * g[..., 2]) * (inside * slope)
-            value += (1.0 - frac) * g[..., 3] + frac * g[..., 4]
+            left, frac = _soft_position(p, n_bins)
+            key = (left + offsets).view(-1)
+            gw_gwp, gwy_wp = (table.index_select(0, key).view(p.shape) for table in tables)
+            inside = _inside_centres(p, n_bins)
+            value = torch.addcmul(gw_gwp.real, p, gw_gwp.imag)
+            value.addcmul_(y, gwy_wp.real).mul_(inside).mul_(slope)
+            value.add_(gwy_wp.imag).addcmul_(frac, gw_gwp.imag)
             grad[:, :, start:stop] = value
         return grad, None, None
 
 
-def _centre_spacing_scale(n_bins: int) -> float:
-    # Bin width of the metric's edges: (1 + eps) / M, so centres are (k + 0.5)(1 + eps) / M.
+def _following(per_bin: torch.Tensor) -> torch.Tensor:
+    """Value of bin k + 1 at position k (zero after the last bin)."""
+    return F.pad(per_bin[..., 1:], (0, 1))
+
+
+def _preceding(per_bin: torch.Tensor) -> torch.Tensor:
+    """Value of bin k - 1 at position k (zero before the first bin)."""
+    return F.pad(per_bin[..., :-1], (1, 0))
+
+
+def _bin_width_scale(n_bins: int) -> float:
+    # The metric's last edge, 1 + eps: bins are (1 + eps) / M wide, centres at
+    # (k + 0.5)(1 + eps) / M.
     return float(bin_edges(n_bins)[-1])
 
 
-def _soft_position(
-    p: torch.Tensor, n_bins: int, offsets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left / right keys, the fraction sent right, and where the weights depend on p."""
-    t_raw = p * (n_bins / _centre_spacing_scale(n_bins)) - 0.5
-    t_raw = t_raw.nan_to_num(nan=0.0)
-    inside = (t_raw > 0) & (t_raw < n_bins - 1)
-    t = t_raw.clamp(0, n_bins - 1)
-    left = t.floor().clamp_(max=max(n_bins - 2, 0))
-    frac = t - left
-    key_left = (left.to(torch.int32) + offsets).view(-1)
-    key_right = key_left + 1 if n_bins > 1 else key_left
-    return key_left, key_right, frac, inside
+def _soft_position(p: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left bin (int32) of each voxel and the fraction of its mass sent to the right bin."""
+    t = p * (n_bins / _bin_width_scale(n_bins))
+    t.sub_(0.5).nan_to_num_(nan=0.0).clamp_(0, n_bins - 1)
+    left = t.floor()
+    if n_bins > 1:
+        left.clamp_(max=n_bins - 2)
+    return left.to(torch.int32), t.sub_(left)
+
+
+def _inside_centres(p: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Where the weights depend on p: strictly between the first and the last centre."""
+    t = p * (n_bins / _bin_width_scale(n_bins))
+    return (t > 0.5) & (t < n_bins - 0.5)
+
+
+def _apply_bin_sums(
+    function: type[torch.autograd.Function],
+    probabilities: torch.Tensor,
+    targets: _Targets,
+    n_bins: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    result = function.apply(probabilities, targets, n_bins)
+    return cast(tuple[torch.Tensor, torch.Tensor, torch.Tensor], result)
+
+
+# The chunked voxel loop runs eagerly: torch.compile of a model or a loss that calls it
+# breaks the graph here and compiles the rest.
+_bin_sums_eager = cast(
+    Callable[
+        [type[torch.autograd.Function], torch.Tensor, _Targets, int],
+        tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ],
+    torch.compiler.disable(_apply_bin_sums),
+)
 
 
 # --------------------------------------------------------------------------- losses
@@ -558,8 +570,7 @@ class HardL1ACELoss(_BinnedCalibrationLoss):
     def _bin_sums(
         self, probabilities: torch.Tensor, targets: _Targets
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        result = _HardBinSums.apply(probabilities, targets, self.n_bins)
-        return cast(tuple[torch.Tensor, torch.Tensor, torch.Tensor], result)
+        return _bin_sums_eager(_HardBinSums, probabilities, targets, self.n_bins)
 
 
 class SoftL1ACELoss(_BinnedCalibrationLoss):
@@ -621,8 +632,7 @@ class SoftL1ACELoss(_BinnedCalibrationLoss):
     def _bin_sums(
         self, probabilities: torch.Tensor, targets: _Targets
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        result = _SoftBinSums.apply(probabilities, targets, self.n_bins)
-        return cast(tuple[torch.Tensor, torch.Tensor, torch.Tensor], result)
+        return _bin_sums_eager(_SoftBinSums, probabilities, targets, self.n_bins)
 
 
 # --------------------------------------------------------------------------- combined

@@ -85,3 +85,14 @@ def test_perfectly_calibrated_data_tends_to_zero_ace() -> None:
         aces.append(float(calibration_errors(bin_statistics(p, y, 20)).ace[0]))
     assert aces[0] > aces[1] > aces[2]
     assert aces[2] < 0.005
+
+
+@settings(max_examples=60, deadline=None)
+@given(images())
+def test_hard_loss_equals_the_metric(case: tuple[np.ndarray, np.ndarray, int]) -> None:
+    from calibkit.losses import HardL1ACELoss
+
+    p, y, n_bins = case
+    loss = HardL1ACELoss(n_bins=n_bins, reduction="none")
+    value = loss(torch.from_numpy(p)[None].double(), torch.from_numpy(y)[None].double())
+    np.testing.assert_allclose(value[0].numpy(), errors_of(p, y, n_bins)[0], atol=1e-9)
