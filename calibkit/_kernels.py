@@ -12,9 +12,18 @@ result does not depend on how many threads ran.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import numpy.typing as npt
+
+_LAYER_CHOSEN = getattr(numba.config, "THREADING_LAYER", "default") != "default"
+if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
+    # numba's own thread pool, unless the user chose a layer: the OpenMP layer resets
+    # the OpenMP thread count that torch shares (torch.get_num_threads() changed
+    # after binning, which broke the exact resume of training).
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 # Voxels per chunk: the unit of parallel work and of the summation order.
 KERNEL_CHUNK = 1 << 16

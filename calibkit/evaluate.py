@@ -416,7 +416,7 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
             if options.strict:
                 raise InputError(pair.prediction, problem + " (--strict)")
             notes.append(f"{pair.prediction}: {problem} (--strict makes this an error)")
-    stats, overlap = _case_statistics(probabilities, label.array, plan, options)
+    stats, overlap = case_statistics(probabilities, label.array, plan, options)
     return CaseResult(
         case_id=pair.case_id,
         source=pair.prediction,
@@ -497,12 +497,17 @@ def _activate(logits: npt.NDArray[np.float32], activation: str) -> npt.NDArray[n
     return shifted
 
 
-def _case_statistics(
+def case_statistics(
     probabilities: npt.NDArray[np.float32],
     label: npt.NDArray[np.integer],
     plan: ClassPlan,
     options: EvaluationOptions,
 ) -> tuple[BinStats, OverlapCounts]:
+    """Per-class bins and Dice counts of one case's probabilities ``(C, *spatial)``.
+
+    The one place where a case's numbers are computed: ``evaluate``, temperature
+    fitting and training validation all call it.
+    """
     bin_one_class = _class_binner(options)
     predicted_channel = argmax_channel(probabilities) if options.dice_mode == "argmax" else None
     threshold = np.float32(options.dice_threshold)
