@@ -134,6 +134,18 @@ def empty_folder(preds: Path, labels: Path) -> list[str]:
     return []
 
 
+def malformed_temperature(preds: Path, labels: Path) -> list[str]:
+    path = preds.parent / "t.json"
+    path.write_text('{"temperature": 2.0, "activation"')
+    return ["--temperature", str(path)]
+
+
+def temperature_of_other_channels(preds: Path, labels: Path) -> list[str]:
+    path = preds.parent / "t.json"
+    path.write_text('{"temperature": 2.0, "activation": "softmax", "n_channels": 4}')
+    return ["--temperature", str(path)]
+
+
 def unknown_preset(preds: Path, labels: Path) -> list[str]:
     return ["--preset", "kits23"]
 
@@ -156,6 +168,12 @@ SCENARIOS: dict[str, tuple[Callable[[Path, Path], list[str]], str, str]] = {
     "duplicate case id": (duplicate_case, "case1_pr", "case1"),
     "case in one folder only": (missing_label, "case1", "--allow-missing"),
     "empty folder": (empty_folder, "preds", "no prediction files"),
+    "malformed temperature JSON": (malformed_temperature, "t.json", "not valid JSON"),
+    "temperature of another channel count": (
+        temperature_of_other_channels,
+        "t.json",
+        "fitted for 4",
+    ),
     "unknown --preset": (unknown_preset, "kits23", "brats"),
 }
 
