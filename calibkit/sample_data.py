@@ -12,9 +12,12 @@ Layout written under ``out``::
 
     brats/CASE/CASE_{t1,t1ce,t2,flair}.nii.gz   int16 intensities
     brats/CASE/CASE_seg.nii.gz                  uint8 labels
-    predictions/{dsc,dsc_ace}/CASE_pred.nii.gz  uint8 probabilities, scl_slope = 1/255
+    synthetic/{dsc,dsc_ace}/CASE_pred.nii.gz    uint8 probabilities, scl_slope = 1/255
 
-Regenerate the committed copy with ``python -m calibkit.sample_data sample_data``.
+Regenerate the committed copy with ``python -m calibkit.sample_data sample_data``. The
+committed ``sample_data/predictions/`` are not synthetic: they are the predictions of two
+UNets that calibkit trained on these cases (``benchmarks/replicate.py``, then
+``calibkit predict``); the synthetic maps stay for tests that need known behaviour.
 """
 
 from __future__ import annotations
@@ -330,7 +333,7 @@ def generate_sample_data(
     with a fixed level and no timestamp, but may still differ between zlib versions.
 
     Args:
-        out: folder to write ``brats/`` and ``predictions/{dsc,dsc_ace}/`` into.
+        out: folder to write ``brats/`` and ``synthetic/{dsc,dsc_ace}/`` into.
         n_cases: number of cases; case ``NO_ET_CASE`` (if present) has no label 4.
         shape: volume shape (x, y, z); anatomy sizes scale with the smallest side.
         seed: seed of ``np.random.default_rng``.
@@ -362,7 +365,7 @@ def generate_sample_data(
         _save(seg, case_dir / f"{case_id}_seg.nii.gz")
         for model, logit_scale in MODELS.items():
             image = _probability_image(_predict(case, logit_scale), case.affine, model)
-            _save(image, out / "predictions" / model / f"{case_id}_pred.nii.gz")
+            _save(image, out / "synthetic" / model / f"{case_id}_pred.nii.gz")
     return ids
 
 

@@ -20,7 +20,7 @@ from calibkit.cli.app import app
 from calibkit.io.volumes import read_prediction
 
 runner = CliRunner()
-DSC = SAMPLE_DATA / "predictions" / "dsc"
+DSC = SAMPLE_DATA / "synthetic" / "dsc"  # the over-confident synthetic model
 LABELS = SAMPLE_DATA / "brats"
 
 

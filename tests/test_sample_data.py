@@ -33,7 +33,7 @@ def _files(root: Path, case_id: str) -> list[Path]:
     """Return every file of one case, relative to ``root``'s layout."""
     case_dir = Path("brats") / case_id
     names = [case_dir / f"{case_id}_{m}.nii.gz" for m in (*MODALITIES, "seg")]
-    names += [Path("predictions") / model / f"{case_id}_pred.nii.gz" for model in MODELS]
+    names += [Path("synthetic") / model / f"{case_id}_pred.nii.gz" for model in MODELS]
     return [root / name for name in names]
 
 
@@ -63,9 +63,11 @@ def test_committed_data_is_reproduced_by_the_generator(regenerated: Path) -> Non
 
 def test_no_stray_files_in_committed_folder() -> None:
     expected = {p for case_id in case_ids(N_CASES) for p in _files(COMMITTED, case_id)}
-    # sample_data/trained/ holds the replication's outputs (benchmarks/replicate.py).
+    # trained/ and predictions/ hold the trained models' outputs (benchmarks/replicate.py).
     found = {
-        p for p in COMMITTED.rglob("*.nii.gz") if p.relative_to(COMMITTED).parts[0] != "trained"
+        p
+        for p in COMMITTED.rglob("*.nii.gz")
+        if p.relative_to(COMMITTED).parts[0] not in ("trained", "predictions")
     }
     assert found == expected
 
@@ -100,7 +102,7 @@ def test_labels_nested_and_predictions_valid(case_id: str) -> None:
         assert data.min() >= 0 and data[wt].min() > 0
 
     for model in MODELS:
-        img = _load(COMMITTED / "predictions" / model / f"{case_id}_pred.nii.gz")
+        img = _load(COMMITTED / "synthetic" / model / f"{case_id}_pred.nii.gz")
         assert img.shape == (*SAMPLE_SHAPE, 4)
         assert img.get_data_dtype() == np.uint8
         proxy = cast(nib.arrayproxy.ArrayProxy, img.dataobj)
@@ -122,7 +124,7 @@ def test_affine_is_bratslike() -> None:
 def _region_stats(case_id: str, model: str) -> tuple[float, float]:
     """Return (WT Dice, WT ACE with 20 right-closed bins) of one case."""
     seg = np.asarray(_load(COMMITTED / "brats" / case_id / f"{case_id}_seg.nii.gz").dataobj)
-    probs = _load(COMMITTED / "predictions" / model / f"{case_id}_pred.nii.gz").get_fdata()
+    probs = _load(COMMITTED / "synthetic" / model / f"{case_id}_pred.nii.gz").get_fdata()
     p = np.clip(probs[..., 1:].sum(axis=-1), 0, 1).ravel()
     y = (seg > 0).ravel()
     dice = 2 * np.sum((p >= 0.5) & y) / (np.sum(p >= 0.5) + np.sum(y))
@@ -177,7 +179,7 @@ def test_fewer_cases_give_a_prefix(tmp_path: Path) -> None:
 def test_main_writes_into_given_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main([str(tmp_path / "out"), "--seed", "1", "--n-cases", "1"])
     assert "wrote 1 cases" in capsys.readouterr().out
-    assert (tmp_path / "out" / "predictions" / "dsc_ace" / "BraTS2021_S000_pred.nii.gz").is_file()
+    assert (tmp_path / "out" / "synthetic" / "dsc_ace" / "BraTS2021_S000_pred.nii.gz").is_file()
 
 
 @pytest.mark.parametrize(

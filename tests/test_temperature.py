@@ -294,7 +294,7 @@ def test_subsampling_is_seeded_and_bounded(synthetic_folder: tuple[Path, Path]) 
 
 
 def test_sample_data_fit_lowers_ace() -> None:
-    preds = SAMPLE_DATA / "predictions" / "dsc"
+    preds = SAMPLE_DATA / "synthetic" / "dsc"
     result = fit_temperature_folder(preds, SAMPLE_DATA / "brats", options=BRATS, max_voxels=240_000)
     assert result.activation == "softmax" and result.n_channels == 4
     assert result.class_names == ("ET", "TC", "WT")
@@ -309,7 +309,7 @@ def test_region_maps_use_a_sigmoid(tmp_path: Path) -> None:
     preds = tmp_path / "regions"
     preds.mkdir()
     for case in ("BraTS2021_S000", "BraTS2021_S001"):
-        volume = read_prediction(SAMPLE_DATA / "predictions" / "dsc" / f"{case}_pred.nii.gz")
+        volume = read_prediction(SAMPLE_DATA / "synthetic" / "dsc" / f"{case}_pred.nii.gz")
         p = volume.array
         regions = np.stack([p[3], p[1] + p[3], p[1] + p[2] + p[3]], axis=-1).clip(0, 1)
         nib.save(nib.Nifti1Image(regions, volume.affine), preds / f"{case}_pred.nii.gz")
