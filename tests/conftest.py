@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
@@ -23,3 +24,21 @@ def edge_probabilities(n_bins: int) -> np.ndarray:
     above = np.nextafter(grid, np.float32(2))
     values = np.concatenate([grid, below, above, [0.0, 1.0]]).astype(np.float32)
     return np.clip(values, 0, 1)
+
+
+def run_cli(*args: str | Path) -> tuple[int, str, str]:
+    """Invoke ``calibkit`` in-process: (exit code, stdout, stderr)."""
+    from calibkit.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_user_error(code: int, stderr: str, *fragments: str) -> None:
+    """Exit 1 with exactly one ``error:`` line holding every fragment, and no traceback."""
+    assert code == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error:") and "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

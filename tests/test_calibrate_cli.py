@@ -11,31 +11,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA
-from typer.testing import CliRunner
+from conftest import SAMPLE_DATA, assert_user_error
+from conftest import run_cli as run
 
 import calibkit.cli.temperature  # noqa: F401  (registers the commands)
 from calibkit.calibrate import calibrate_probabilities, load_temperature
-from calibkit.cli.app import app
 from calibkit.io.volumes import read_prediction
 
-runner = CliRunner()
 DSC = SAMPLE_DATA / "synthetic" / "dsc"  # the over-confident synthetic model
 LABELS = SAMPLE_DATA / "brats"
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_user_error(code: int, stderr: str, *fragments: str) -> None:
-    assert code == 1, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error:") and "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope="module")

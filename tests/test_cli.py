@@ -10,12 +10,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA
-from typer.testing import CliRunner
+from conftest import SAMPLE_DATA, assert_user_error
+from conftest import run_cli as run
 
-from calibkit.cli import app
-
-runner = CliRunner()
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -38,21 +35,6 @@ def dataset(tmp_path: Path) -> tuple[Path, Path]:
     for i in range(3):
         write_case(preds, labels, f"case{i}", rng)
     return preds, labels
-
-
-def run(*args: str | Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_user_error(code: int, stderr: str, *fragments: str) -> None:
-    assert code == 1, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error:")
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_evaluate_writes_the_four_files(dataset: tuple[Path, Path], tmp_path: Path) -> None:
