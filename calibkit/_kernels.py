@@ -5,6 +5,15 @@ the numpy path in :mod:`calibkit.binning` stays the reference and the fallback.
 The compiled code is cached on disk (``cache=True``), so only the first process
 after an install pays for compilation.
 
+How a voxel finds its bin. ``x = p * M`` is exact in float64 (a float32 times a
+small integer), so ``floor(x)`` is the bin of ``p`` except within ``margin`` of an
+inner edge, where the float32 edges (``torch.linspace(0, 1 + eps, M + 1)``) and
+``k / M`` disagree. A branch-free loop, which the compiler vectorises, turns each
+block of voxels into (bin, target) keys and flags the voxels whose ``x`` lies
+within ``margin`` of an integer; in a block with flags, each flagged voxel is
+settled by one comparison with the true edge (right-closed bins, the rule of MONAI
+and SPEC §1). A scalar loop then adds the keys into interleaved accumulators.
+
 Determinism: the voxels are cut into fixed chunks whatever the thread count, each
 chunk is summed in order, and the chunk sums are added in chunk order, so the
 result does not depend on how many threads ran.
@@ -13,6 +22,7 @@ result does not depend on how many threads ran.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -28,77 +38,128 @@ if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
 # Voxels per chunk: the unit of parallel work and of the summation order.
 KERNEL_CHUNK = 1 << 16
 
+# Voxels per block: keys of one block stay in L1 between the two loops.
+BLOCK = 256
 
-# Interleaved accumulators per bin: consecutive voxels usually fall into the same bin
+# Interleaved accumulators per key: consecutive voxels usually share a key
 # (background), and one accumulator would serialise on its add latency.
 LANES = 4
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, fastmath=False)
+@numba.njit(cache=True, inline="always")
+def _bracket(  # pragma: no cover - compiled
+    value: np.float32, scale: float, top: float, margin: float
+) -> tuple[np.int32, np.int32]:
+    """``floor(x - margin)`` and ``floor(x + margin)`` of ``x = p * M`` clamped to [0, top].
+
+    Equal: ``p`` is in that bin. One apart: ``p`` is within ``margin`` of the edge
+    ``above`` and one comparison with it decides.
+    """
+    x = float(value) * scale
+    x = x if x > 0.0 else 0.0  # also NaN: first bin
+    x = x if x < top else top
+    return np.int32(x - margin), np.int32(x + margin)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_chunk(  # pragma: no cover - compiled
+    p: npt.NDArray[np.float32],
+    y: npt.NDArray[np.uint8],
+    edges: npt.NDArray[np.float32],
+    n_bins: int,
+    margin: float,
+    pair_count: npt.NDArray[np.int64],
+    pair_sum: npt.NDArray[np.float64],
+) -> None:
+    """Add the voxels of one chunk to ``pair_count``/``pair_sum``, indexed ``2 * bin + y``."""
+    n_keys = 2 * n_bins
+    lane_count = np.zeros(LANES * n_keys, dtype=np.int32)
+    lane_sum = np.zeros(LANES * n_keys, dtype=np.float64)
+    keys = np.empty(BLOCK, dtype=np.int32)
+    near = np.empty(BLOCK, dtype=np.int32)
+    scale = float(n_bins)
+    top = n_bins - 0.5  # above it, every value is in the last bin
+    for start in range(0, p.size, BLOCK):
+        block_p = p[start : start + BLOCK]
+        block_y = y[start : start + BLOCK]
+        n_near = np.int32(0)
+        for j in range(block_p.size):
+            below, above = _bracket(block_p[j], scale, top, margin)
+            near[j] = above - below
+            n_near += above - below
+            keys[j] = 2 * below + np.int32(block_y[j])
+        if n_near != 0:
+            for j in range(block_p.size):
+                if near[j]:
+                    # Near edge `below + 1`: the bin is `below + 1` if p is past it.
+                    keys[j] += 2 * np.int32(block_p[j] > edges[keys[j] // 2 + 1])
+        for j in range(block_p.size):
+            slot = np.uint64(keys[j]) + np.uint64((j & (LANES - 1)) * n_keys)
+            lane_count[slot] += 1
+            lane_sum[slot] += block_p[j]
+    for lane in range(LANES):
+        for key in range(n_keys):
+            pair_count[key] += lane_count[lane * n_keys + key]
+            pair_sum[key] += lane_sum[lane * n_keys + key]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _bin_flat(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
     y: npt.NDArray[np.uint8],
-    lower: npt.NDArray[np.float32],
-    upper: npt.NDArray[np.float32],
-    n_bins: int,
+    edges: npt.NDArray[np.float32],
+    margin: float,
     chunk: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    n_bins = edges.size - 1
     n = p.size
     n_chunks = (n + chunk - 1) // chunk
-    counts = np.zeros((n_chunks, n_bins), dtype=np.int64)
-    sums_p = np.zeros((n_chunks, n_bins), dtype=np.float64)
-    positives = np.zeros((n_chunks, n_bins), dtype=np.int64)
-    scale = np.float32(n_bins)
-    last = n_bins - 1
+    pair_counts = np.zeros((n_chunks, 2 * n_bins), dtype=np.int64)
+    pair_sums = np.zeros((n_chunks, 2 * n_bins), dtype=np.float64)
     for c in numba.prange(n_chunks):
         start = c * chunk
         stop = min(start + chunk, n)
-        # Counts per (bin, target) pair: one increment gives both n_k and positives.
-        lane_count = np.zeros((LANES, 2 * n_bins), dtype=np.int64)
-        lane_sum = np.zeros((LANES, n_bins), dtype=np.float64)
-        for i in range(start, stop):
-            value = p[i]
-            scaled = value * scale
-            # floor(p * M) is at most one bin off the right-closed rule; fix it with
-            # one comparison against each neighbouring edge (NaN lands in bin 0).
-            if scaled >= last:
-                k = last
-            elif scaled > 0:
-                k = int(scaled)
-            else:
-                k = 0
-            if k < last and value > upper[k]:
-                k += 1
-            elif k > 0 and value <= lower[k]:
-                k -= 1
-            lane = i & (LANES - 1)
-            lane_count[lane, 2 * k + y[i]] += 1
-            lane_sum[lane, k] += value
-        for lane in range(LANES):
-            for k in range(n_bins):
-                negatives = lane_count[lane, 2 * k]
-                hits = lane_count[lane, 2 * k + 1]
-                counts[c, k] += negatives + hits
-                positives[c, k] += hits
-                sums_p[c, k] += lane_sum[lane, k]
+        _bin_chunk(
+            p[start:stop], y[start:stop], edges, n_bins, margin, pair_counts[c], pair_sums[c]
+        )
     count = np.zeros(n_bins, dtype=np.int64)
     sum_p = np.zeros(n_bins, dtype=np.float64)
     sum_y = np.zeros(n_bins, dtype=np.float64)
     for c in range(n_chunks):
         for k in range(n_bins):
-            count[k] += counts[c, k]
-            sum_p[k] += sums_p[c, k]
-            sum_y[k] += positives[c, k]
+            negatives = pair_counts[c, 2 * k]
+            positives = pair_counts[c, 2 * k + 1]
+            count[k] += negatives + positives
+            sum_y[k] += positives
+            sum_p[k] += pair_sums[c, 2 * k] + pair_sums[c, 2 * k + 1]
     return count, sum_p, sum_y
+
+
+@lru_cache(maxsize=64)
+def edge_margin(n_bins: int, edges_bytes: bytes) -> float:
+    """Distance from an integer within which ``floor(p * M)`` may miss the true bin.
+
+    ``p`` can land in another bin than ``floor(p * M)`` only between an inner edge
+    ``e_k`` and ``k / M``, that is within ``|e_k * M - k|`` of the integer ``k``
+    (both exact in float64). Twice the largest such gap, plus a few ulps of ``M``,
+    flags every voxel that needs the exact comparison.
+    """
+    edges = np.frombuffer(edges_bytes, dtype=np.float32).astype(np.float64)
+    inner = np.arange(1, n_bins, dtype=np.float64)
+    gap = float(np.max(np.abs(edges[1:-1] * n_bins - inner))) if n_bins > 1 else 0.0
+    return 2.0 * gap + n_bins * 2.0**-40
 
 
 def bin_flat(
     p: npt.NDArray[np.float32],
     y: npt.NDArray[np.bool_],
-    lower: npt.NDArray[np.float32],
-    upper: npt.NDArray[np.float32],
+    edges: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Counts, probability sums and positives per bin of flat float32 ``p`` and bool ``y``."""
+    n_bins = edges.size - 1
+    margin = edge_margin(n_bins, edges.tobytes())
+    if margin >= 0.5:
+        raise ValueError(f"the compiled kernel supports up to ~10^6 bins, got {n_bins}")
     result: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
-    result = _bin_flat(p, y.view(np.uint8), lower, upper, lower.size, KERNEL_CHUNK)
+    result = _bin_flat(p, y.view(np.uint8), edges, margin, KERNEL_CHUNK)
     return result

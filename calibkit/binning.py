@@ -206,8 +206,7 @@ def bin_statistics(
             count[c], sum_p[c], sum_y[c] = compiled(
                 np.ascontiguousarray(flat_p, dtype=np.float32),
                 np.ascontiguousarray(flat_y),
-                binner.lower,
-                binner.upper,
+                binner.edges,
             )
             continue
         for start in range(0, flat_p.size, CHUNK_VOXELS):
@@ -250,6 +249,7 @@ class _ChunkBinner:
     def __init__(self, n_bins: int) -> None:
         self.n_bins = n_bins
         edges = bin_edges(n_bins)
+        self.edges = edges
         self.lower = edges[:-1].copy()
         self.upper = edges[1:].copy()
         self.scale = np.float32(n_bins)

@@ -149,6 +149,28 @@ def test_compiled_kernel_equals_numpy_reference(n_bins: int, rng: np.random.Gene
     )
 
 
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 7, 10, 20, 33, 50, 255, 256, 1000, 4096])
+def test_compiled_kernel_is_exact_around_every_edge(n_bins: int) -> None:
+    """Every float32 within 16 ulps of each true edge and of each k/M, and the odd values."""
+    pytest.importorskip("numba")
+    anchors = np.concatenate(
+        [bin_edges(n_bins), (np.arange(n_bins + 1) / n_bins).astype(np.float32)]
+    )
+    bits = anchors.astype(np.float32).view(np.int32)[:, None] + np.arange(-16, 17, dtype=np.int32)
+    near = bits.astype(np.int32).view(np.float32).ravel()
+    odd = np.array([np.inf, -np.inf, -0.0, -1e-30, 1e-45, 2.0, 1.0], np.float32)
+    values = np.concatenate([near[(near >= 0) & (near <= 1.5)], odd]).astype(np.float32)
+    targets = np.arange(values.size) % 3 == 0
+    compiled = bin_statistics(values[None], targets[None], n_bins, kernel="numba")
+    expected = assign_bins(values, n_bins)
+    nan = bin_statistics([[np.nan]], [[True]], n_bins, kernel="numba")
+    assert nan.count[0, 0] == 1  # NaN: first bin, as in the numpy and torch fast paths
+    np.testing.assert_array_equal(compiled.count[0], np.bincount(expected, minlength=n_bins))
+    np.testing.assert_array_equal(
+        compiled.sum_y[0], np.bincount(expected, weights=targets, minlength=n_bins)
+    )
+
+
 def test_compiled_kernel_does_not_depend_on_thread_count(rng: np.random.Generator) -> None:
     numba = pytest.importorskip("numba")
     values = rng.random((2, 300_001), dtype=np.float32)
