@@ -22,6 +22,7 @@ result does not depend on how many threads ran.
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 
 import numba
@@ -34,6 +35,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
     # the OpenMP thread count that torch shares (torch.get_num_threads() changed
     # after binning, which broke the exact resume of training).
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+
+# The workqueue layer aborts the process when two threads launch parallel kernels
+# at once (a thread pool of cases, a data loader): launches take turns, each still
+# using every numba thread.
+_LAUNCH_LOCK = threading.Lock()
 
 # Voxels per chunk: the unit of parallel work and of the summation order.
 KERNEL_CHUNK = 1 << 16
@@ -161,5 +167,6 @@ def bin_flat(
     if margin >= 0.5:
         raise ValueError(f"the compiled kernel supports up to ~10^6 bins, got {n_bins}")
     result: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
-    result = _bin_flat(p, y.view(np.uint8), edges, margin, KERNEL_CHUNK)
+    with _LAUNCH_LOCK:
+        result = _bin_flat(p, y.view(np.uint8), edges, margin, KERNEL_CHUNK)
     return result

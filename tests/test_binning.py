@@ -186,6 +186,23 @@ def test_compiled_kernel_does_not_depend_on_thread_count(rng: np.random.Generato
     np.testing.assert_array_equal(one.count, many.count)
 
 
+def test_compiled_kernel_is_safe_from_many_threads(rng: np.random.Generator) -> None:
+    """numba's workqueue layer aborts on concurrent launches; calibkit must not."""
+    pytest.importorskip("numba")
+    from concurrent.futures import ThreadPoolExecutor
+
+    values = rng.random((4, 2, 200_000), dtype=np.float32)
+    targets = rng.random(values.shape) < values
+    serial = [
+        bin_statistics(v, t, 20, kernel="numba") for v, t in zip(values, targets, strict=True)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda i: bin_statistics(values[i], targets[i], 20), range(4)))
+    for one, other in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(one.count, other.count)
+        np.testing.assert_array_equal(one.sum_p, other.sum_p)
+
+
 def test_kernel_choice() -> None:
     with pytest.raises(ValueError, match="kernel"):
         bin_statistics([[0.5]], [[True]], 5, kernel="fortran")  # type: ignore[arg-type]

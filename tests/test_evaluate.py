@@ -104,6 +104,36 @@ def test_workers_give_byte_identical_tables(tmp_path: Path, sample_evaluation) -
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+def test_parallel_cases_report_as_each_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress (and the resume store) hear of a case when it ends, not when all end.
+
+    Threads stand in for the worker processes so that one case can wait, inside its
+    worker, until the progress of another case has been reported.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import calibkit.evaluate as evaluate_module
+
+    real_case = evaluate_module.evaluate_case
+    first_reported = threading.Event()
+    held: list[bool] = []
+
+    def case_that_waits(pair, options):  # type: ignore[no-untyped-def]
+        if pair.case_id == "BraTS2021_S011":
+            held.append(first_reported.wait(timeout=30))
+        return real_case(pair, options)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_case", case_that_waits)
+    monkeypatch.setattr(
+        evaluate_module,
+        "ProcessPoolExecutor",
+        lambda max_workers, mp_context, initializer: ThreadPoolExecutor(max_workers),
+    )
+    evaluate_folders(PREDICTIONS, LABELS, BRATS, workers=2, progress=lambda _: first_reported.set())
+    assert held == [True]
+
+
 def test_torch_backend_equals_numpy(sample_evaluation) -> None:  # type: ignore[no-untyped-def]
     on_torch = evaluate_folders(
         PREDICTIONS, LABELS, EvaluationOptions(preset="brats", backend="torch", device="cpu")
