@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import numba
 import numpy as np
@@ -70,15 +72,22 @@ def _bracket(  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _bin_chunk(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
-    y: npt.NDArray[np.uint8],
+    codes: npt.NDArray[np.integer],
+    target_bits: np.uint64,
     edges: npt.NDArray[np.float32],
-    n_bins: int,
     margin: float,
-    pair_count: npt.NDArray[np.int64],
-    pair_sum: npt.NDArray[np.float64],
+    threshold: np.float32,
+    key_count: npt.NDArray[np.int64],
+    key_sum: npt.NDArray[np.float64],
 ) -> None:
-    """Add the voxels of one chunk to ``pair_count``/``pair_sum``, indexed ``2 * bin + y``."""
-    n_keys = 2 * n_bins
+    """Add one chunk to ``key_count``/``key_sum``, indexed ``4 * bin + 2 * (p >= t) + y``.
+
+    The target of voxel ``i`` is bit ``codes[i]`` of ``target_bits``: a label map
+    (values below 64) and the bits of the class's labels, or a boolean mask (as
+    uint8) and ``0b10``. A shift, unlike a table lookup, vectorises.
+    """
+    n_bins = edges.size - 1
+    n_keys = 4 * n_bins
     lane_count = np.zeros(LANES * n_keys, dtype=np.int32)
     lane_sum = np.zeros(LANES * n_keys, dtype=np.float64)
     keys = np.empty(BLOCK, dtype=np.int32)
@@ -87,58 +96,75 @@ def _bin_chunk(  # pragma: no cover - compiled
     top = n_bins - 0.5  # above it, every value is in the last bin
     for start in range(0, p.size, BLOCK):
         block_p = p[start : start + BLOCK]
-        block_y = y[start : start + BLOCK]
+        block_codes = codes[start : start + BLOCK]
         n_near = np.int32(0)
         for j in range(block_p.size):
             below, above = _bracket(block_p[j], scale, top, margin)
             near[j] = above - below
             n_near += above - below
-            keys[j] = 2 * below + np.int32(block_y[j])
+            target = (target_bits >> np.uint64(block_codes[j])) & np.uint64(1)
+            keys[j] = 4 * below + 2 * np.int32(block_p[j] >= threshold) + np.int32(target)
         if n_near != 0:
             for j in range(block_p.size):
                 if near[j]:
                     # Near edge `below + 1`: the bin is `below + 1` if p is past it.
-                    keys[j] += 2 * np.int32(block_p[j] > edges[keys[j] // 2 + 1])
+                    keys[j] += 4 * np.int32(block_p[j] > edges[keys[j] // 4 + 1])
         for j in range(block_p.size):
             slot = np.uint64(keys[j]) + np.uint64((j & (LANES - 1)) * n_keys)
             lane_count[slot] += 1
             lane_sum[slot] += block_p[j]
     for lane in range(LANES):
         for key in range(n_keys):
-            pair_count[key] += lane_count[lane * n_keys + key]
-            pair_sum[key] += lane_sum[lane * n_keys + key]
+            key_count[key] += lane_count[lane * n_keys + key]
+            key_sum[key] += lane_sum[lane * n_keys + key]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _bin_flat(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
-    y: npt.NDArray[np.uint8],
+    codes: npt.NDArray[np.integer],
+    target_bits: np.uint64,
     edges: npt.NDArray[np.float32],
     margin: float,
+    threshold: np.float32,
     chunk: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    n_bins = edges.size - 1
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Per-key counts and probability sums, chunk sums added in chunk order."""
+    n_keys = 4 * (edges.size - 1)
     n = p.size
     n_chunks = (n + chunk - 1) // chunk
-    pair_counts = np.zeros((n_chunks, 2 * n_bins), dtype=np.int64)
-    pair_sums = np.zeros((n_chunks, 2 * n_bins), dtype=np.float64)
+    chunk_counts = np.zeros((n_chunks, n_keys), dtype=np.int64)
+    chunk_sums = np.zeros((n_chunks, n_keys), dtype=np.float64)
     for c in numba.prange(n_chunks):
         start = c * chunk
         stop = min(start + chunk, n)
         _bin_chunk(
-            p[start:stop], y[start:stop], edges, n_bins, margin, pair_counts[c], pair_sums[c]
+            p[start:stop],
+            codes[start:stop],
+            target_bits,
+            edges,
+            margin,
+            threshold,
+            chunk_counts[c],
+            chunk_sums[c],
         )
-    count = np.zeros(n_bins, dtype=np.int64)
-    sum_p = np.zeros(n_bins, dtype=np.float64)
-    sum_y = np.zeros(n_bins, dtype=np.float64)
+    key_count = np.zeros(n_keys, dtype=np.int64)
+    key_sum = np.zeros(n_keys, dtype=np.float64)
     for c in range(n_chunks):
-        for k in range(n_bins):
-            negatives = pair_counts[c, 2 * k]
-            positives = pair_counts[c, 2 * k + 1]
-            count[k] += negatives + positives
-            sum_y[k] += positives
-            sum_p[k] += pair_sums[c, 2 * k] + pair_sums[c, 2 * k + 1]
-    return count, sum_p, sum_y
+        for key in range(n_keys):
+            key_count[key] += chunk_counts[c, key]
+            key_sum[key] += chunk_sums[c, key]
+    return key_count, key_sum
+
+
+@numba.njit(cache=True, nogil=True)
+def _values_present(
+    codes: npt.NDArray[np.integer], size: int
+) -> npt.NDArray[np.bool_]:  # pragma: no cover
+    seen = np.zeros(size, dtype=np.bool_)
+    for i in range(codes.size):
+        seen[codes[i]] = True
+    return seen
 
 
 @lru_cache(maxsize=64)
@@ -156,17 +182,63 @@ def edge_margin(n_bins: int, edges_bytes: bytes) -> float:
     return 2.0 * gap + n_bins * 2.0**-40
 
 
+# Label values the bit mask of targets covers: label maps must stay below it.
+TARGET_BITS = 64
+
+
+@dataclass(frozen=True)
+class KernelResult:
+    """Bin statistics of one flat class map, and its Dice counts at the threshold."""
+
+    count: npt.NDArray[np.int64]
+    sum_p: npt.NDArray[np.float64]
+    sum_y: npt.NDArray[np.float64]
+    predicted: int
+    intersection: int
+
+
 def bin_flat(
     p: npt.NDArray[np.float32],
-    y: npt.NDArray[np.bool_],
+    codes: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
     edges: npt.NDArray[np.float32],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Counts, probability sums and positives per bin of flat float32 ``p`` and bool ``y``."""
+    *,
+    target_labels: tuple[int, ...] | None = None,
+    threshold: float = np.inf,
+) -> KernelResult:
+    """Bins of flat float32 ``p`` against bool targets ``codes`` or a label map ``codes``.
+
+    With ``target_labels``, ``codes`` is a label map with values in ``[0, 64)`` and
+    the target is "the label is one of ``target_labels``". ``predicted`` and
+    ``intersection`` count voxels with ``p >= threshold`` (and a positive target):
+    the Dice counts, from the same pass.
+    """
     n_bins = edges.size - 1
     margin = edge_margin(n_bins, edges.tobytes())
     if margin >= 0.5:
         raise ValueError(f"the compiled kernel supports up to ~10^6 bins, got {n_bins}")
-    result: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+    label_codes: npt.NDArray[Any]
+    if target_labels is None:
+        label_codes, bits = codes.view(np.uint8), 0b10
+    else:
+        label_codes = cast("npt.NDArray[Any]", codes)
+        bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
     with _LAUNCH_LOCK:
-        result = _bin_flat(p, y.view(np.uint8), edges, margin, KERNEL_CHUNK)
-    return result
+        key_count, key_sum = _bin_flat(
+            p, label_codes, np.uint64(bits), edges, margin, np.float32(threshold), KERNEL_CHUNK
+        )
+    by_key = key_count.reshape(n_bins, 2, 2)  # (bin, p >= threshold, target)
+    with np.errstate(invalid="ignore"):  # +inf and -inf in one bin: NaN, as in the kernel
+        sum_p = key_sum.reshape(n_bins, 4).sum(axis=1)
+    return KernelResult(
+        count=by_key.sum(axis=(1, 2)),
+        sum_p=sum_p,
+        sum_y=by_key[:, :, 1].sum(axis=1).astype(np.float64),
+        predicted=int(by_key[:, 1, :].sum()),
+        intersection=int(by_key[:, 1, 1].sum()),
+    )
+
+
+def values_present(codes: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.bool_]:
+    """Which of ``0 .. size - 1`` occur in ``codes`` (all of them in that range)."""
+    seen: npt.NDArray[np.bool_] = _values_present(codes.ravel(order="K"), size)
+    return seen

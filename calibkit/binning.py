@@ -201,13 +201,14 @@ def bin_statistics(
     binner = _ChunkBinner(n_bins)
     compiled = _compiled_kernel(kernel, truth.dtype)
     for c in range(n_classes):
-        flat_p, flat_y = _flatten_alike(probs[c], truth[c])
+        flat_p, flat_y = flatten_alike(probs[c], truth[c])
         if compiled is not None:
-            count[c], sum_p[c], sum_y[c] = compiled(
+            result = compiled(
                 np.ascontiguousarray(flat_p, dtype=np.float32),
                 np.ascontiguousarray(flat_y),
                 binner.edges,
             )
+            count[c], sum_p[c], sum_y[c] = result.count, result.sum_p, result.sum_y
             continue
         for start in range(0, flat_p.size, CHUNK_VOXELS):
             binner.add(
@@ -233,6 +234,18 @@ def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any]) -> Any:
     from calibkit._kernels import bin_flat
 
     return bin_flat
+
+
+def dense_values(array: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
+    """The values of ``array`` as a flat view in memory order, or None if that needs a copy."""
+    order = np.argsort(array.strides)
+    expected = array.itemsize
+    for axis in order:
+        if array.shape[axis] > 1 and array.strides[axis] != expected:
+            return None
+        expected *= array.shape[axis]
+    flat: npt.NDArray[Any] = array.ravel(order="K")
+    return flat
 
 
 @lru_cache(maxsize=1)
@@ -290,11 +303,13 @@ class _ChunkBinner:
             sum_y += np.bincount(index, weights=y_chunk.astype(np.float64), minlength=self.n_bins)
 
 
-def _flatten_alike(
+def flatten_alike(
     p: npt.NDArray[np.generic], y: npt.NDArray[np.generic]
 ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.generic]]:
-    # Both arrays must be walked in the same voxel order; pick the order that avoids
-    # copies (NIfTI volumes arrive Fortran-ordered).
+    """Both arrays flattened in the same voxel order, the one that avoids copies.
+
+    NIfTI volumes arrive Fortran-ordered.
+    """
     order: Literal["C", "F"] = (
         "F" if p.flags.f_contiguous and y.flags.f_contiguous and p.ndim > 1 else "C"
     )

@@ -185,16 +185,29 @@ def class_target(label: npt.NDArray[np.integer], spec: ClassSpec) -> npt.NDArray
     return target
 
 
+def _labels_seen(label: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.bool_]:
+    """Which values ``0 .. size - 1`` occur in a label map with values in that range."""
+    from calibkit.binning import dense_values, numba_available
+
+    flat = dense_values(label)
+    if numba_available() and flat is not None:
+        from calibkit._kernels import values_present
+
+        return values_present(flat, size)
+    # bincount converts to intp: count slabs so the copy stays small.
+    flat = label.ravel(order="K")
+    seen = np.zeros(size, dtype=bool)
+    for start in range(0, flat.size, 1 << 20):
+        seen |= np.bincount(flat[start : start + (1 << 20)], minlength=size) > 0
+    return seen
+
+
 def unexpected_labels(label: npt.NDArray[np.integer], plan: ClassPlan) -> list[int]:
     """Label values present in ``label`` that no class or channel accounts for."""
     low, high = int(label.min()), int(label.max())
     if low >= 0 and high < 1 << 16:
         # bincount converts to intp: count slabs so the copy stays small.
-        flat = label.ravel(order="K")
-        seen = np.zeros(high + 1, dtype=bool)
-        for start in range(0, flat.size, 1 << 20):
-            seen |= np.bincount(flat[start : start + (1 << 20)], minlength=high + 1) > 0
-        present = np.flatnonzero(seen)
+        present = np.flatnonzero(_labels_seen(label, high + 1))
     else:
         present = np.unique(label)
     return sorted(int(value) for value in present if int(value) not in plan.known_labels)

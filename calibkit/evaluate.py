@@ -19,10 +19,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from calibkit import __version__
-from calibkit.binning import DEFAULT_N_BINS, BinStats, bin_edges, bin_statistics
+from calibkit.binning import (
+    DEFAULT_N_BINS,
+    BinStats,
+    bin_edges,
+    bin_statistics,
+    flatten_alike,
+    numba_available,
+)
 from calibkit.classes import (
     DICE_MODES,
     PRESETS,
@@ -45,6 +51,8 @@ from calibkit.metrics import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from calibkit.io.checkpoint import CaseStore
 
 Backend = Literal["auto", "numpy", "torch"]
@@ -508,6 +516,9 @@ def case_statistics(
     The one place where a case's numbers are computed: ``evaluate``, temperature
     fitting and training validation all call it.
     """
+    fused = _fused_binner(label, options)
+    if fused is not None:
+        return _fused_case_statistics(probabilities, label, plan, fused)
     bin_one_class = _class_binner(options)
     predicted_channel = argmax_channel(probabilities) if options.dice_mode == "argmax" else None
     threshold = np.float32(options.dice_threshold)
@@ -531,6 +542,69 @@ def case_statistics(
         truth=np.array(truth, dtype=np.int64),
     )
     return BinStats.stack(per_class), overlap
+
+
+@dataclass(frozen=True)
+class _FusedBinner:
+    n_bins: int
+    threshold: float
+
+
+def _fused_binner(
+    label: npt.NDArray[np.integer], options: EvaluationOptions
+) -> _FusedBinner | None:
+    """The one-pass compiled path (bins, targets and Dice counts together), when it applies.
+
+    It needs numba, the numpy backend, threshold Dice and a label map with values
+    in ``[0, 64)`` (the targets come from a bit mask of each class's labels).
+    """
+    if (
+        not numba_available()
+        or options.dice_mode != "threshold"
+        or resolve_backend(options.backend, options.device) != "numpy"
+        or label.dtype.kind not in "iu"
+        or label.size == 0
+    ):
+        return None
+    from calibkit._kernels import TARGET_BITS
+
+    if int(label.min()) < 0 or int(label.max()) >= TARGET_BITS:
+        return None
+    return _FusedBinner(options.n_bins, options.dice_threshold)
+
+
+def _fused_case_statistics(
+    probabilities: npt.NDArray[np.float32],
+    label: npt.NDArray[np.integer],
+    plan: ClassPlan,
+    binner: _FusedBinner,
+) -> tuple[BinStats, OverlapCounts]:
+    from calibkit._kernels import bin_flat
+
+    edges = bin_edges(binner.n_bins)
+    results = []
+    for spec in plan.classes:
+        p, codes = flatten_alike(class_probability(probabilities, spec), label)
+        results.append(
+            bin_flat(
+                np.ascontiguousarray(p, dtype=np.float32),
+                np.ascontiguousarray(codes),
+                edges,
+                target_labels=spec.labels,
+                threshold=binner.threshold,
+            )
+        )
+    stats = BinStats(
+        np.stack([r.count for r in results]),
+        np.stack([r.sum_p for r in results]),
+        np.stack([r.sum_y for r in results]),
+    )
+    overlap = OverlapCounts(
+        intersection=np.array([r.intersection for r in results], dtype=np.int64),
+        predicted=np.array([r.predicted for r in results], dtype=np.int64),
+        truth=np.array([int(r.sum_y.sum()) for r in results], dtype=np.int64),
+    )
+    return stats, overlap
 
 
 def _class_binner(
@@ -650,6 +724,8 @@ def per_image_table(
     n_voxels: npt.NDArray[np.int64],
 ) -> pd.DataFrame:
     """Long table, one row per (case, class), from stacked bins ``(cases, classes, M)``."""
+    import pandas as pd  # not at module level: worker processes need no pandas
+
     errors = calibration_errors(bins)
     n_cases, n_classes = len(case_ids), len(class_names)
     return pd.DataFrame(
@@ -714,6 +790,8 @@ def summary_table(
                     "pooled": pooled_value,
                 }
             )
+    import pandas as pd
+
     table = pd.DataFrame(rows)
     order = {name: i for i, name in enumerate([*class_names, MEAN_ROW])}
     table["_order"] = table["class"].map(order)

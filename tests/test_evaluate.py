@@ -134,6 +134,43 @@ def test_parallel_cases_report_as_each_finishes(monkeypatch: pytest.MonkeyPatch)
     assert held == [True]
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_one_pass_kernel_equals_separate_steps(
+    monkeypatch: pytest.MonkeyPatch, threshold: float
+) -> None:
+    """Bins, targets and Dice counts from one compiled pass equal the step-by-step path."""
+    pytest.importorskip("numba")
+    import calibkit.evaluate as evaluate_module
+
+    options = EvaluationOptions(preset="brats", dice_threshold=threshold)
+    assert evaluate_module._fused_binner(np.zeros(3, np.uint8), options) is not None
+    fused = evaluate_folders(PREDICTIONS, LABELS, options)
+    monkeypatch.setattr(evaluate_module, "_fused_binner", lambda label, options: None)
+    separate = evaluate_folders(PREDICTIONS, LABELS, options)
+    np.testing.assert_array_equal(fused.bins.count, separate.bins.count)
+    np.testing.assert_array_equal(fused.bins.sum_y, separate.bins.sum_y)
+    np.testing.assert_allclose(fused.bins.sum_p, separate.bins.sum_p, rtol=1e-12)
+    for name in ("intersection", "predicted", "truth"):
+        np.testing.assert_array_equal(getattr(fused.overlap, name), getattr(separate.overlap, name))
+
+
+def test_one_pass_kernel_on_label_values_up_to_63(rng: np.random.Generator) -> None:
+    pytest.importorskip("numba")
+    from calibkit._kernels import bin_flat
+    from calibkit.binning import bin_edges, bin_statistics
+
+    p = rng.random(300_000, dtype=np.float32)
+    label = rng.integers(0, 64, p.size).astype(np.uint8)
+    for labels in [(0,), (63,), (1, 2, 4), tuple(range(0, 64, 3))]:
+        target = np.isin(label, labels)
+        result = bin_flat(p, label, bin_edges(20), target_labels=labels, threshold=0.4)
+        reference = bin_statistics(p[None], target[None], 20, kernel="numpy")
+        np.testing.assert_array_equal(result.count, reference.count[0])
+        np.testing.assert_array_equal(result.sum_y, reference.sum_y[0])
+        assert result.predicted == np.count_nonzero(p >= np.float32(0.4))
+        assert result.intersection == np.count_nonzero((p >= np.float32(0.4)) & target)
+
+
 def test_torch_backend_equals_numpy(sample_evaluation) -> None:  # type: ignore[no-untyped-def]
     on_torch = evaluate_folders(
         PREDICTIONS, LABELS, EvaluationOptions(preset="brats", backend="torch", device="cpu")
