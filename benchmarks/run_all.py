@@ -18,6 +18,7 @@ sys.path.insert(0, str(HERE))
 import bench_binning  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_evaluate  # noqa: E402
+import bench_readers  # noqa: E402
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
         f"Python {platform.python_version()}, by `python benchmarks/run_all.py`.",
         "## Bin statistics of one volume\n\n" + bench_binning.main(binning_args),
         "## evaluate against reading only\n\n" + bench_evaluate.main(evaluate_args),
+        "## Readers\n\n" + bench_readers.main([]),
         "## Start-up\n\n" + bench_cli.main(),
     ]
     if not args.quick:

@@ -199,6 +199,7 @@ def calibrated_probabilities(
     model: TemperatureModel,
     options: EvaluationOptions,
     path: Path,
+    value_range: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Calibrated probabilities of one stored prediction, as ``calibkit evaluate`` reads it.
 
@@ -212,6 +213,7 @@ def calibrated_probabilities(
         model: the temperature.
         options: ``input_kind`` and ``activation`` are used.
         path: the prediction file, named in errors.
+        value_range: the known smallest and largest value (``Volume.value_range``).
 
     Raises:
         InputError: bad probabilities, a channel count that does not fit the model, or
@@ -227,7 +229,7 @@ def calibrated_probabilities(
                 f"--activation {options.activation}; use --activation {model.activation}",
             )
         return calibrate_logits(array, model, path=path)
-    probabilities = to_probabilities(array, options, path)
+    probabilities = to_probabilities(array, options, path, value_range)
     return calibrate_probabilities(probabilities, model, path=path)
 
 

@@ -8,7 +8,9 @@ that ``calibkit evaluate`` writes.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -346,7 +348,7 @@ def _run_cases(
     # spawn, not fork: torch (CUDA) and BLAS thread pools do not survive a fork.
     context = get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(pairs)), mp_context=context, initializer=_one_thread_per_worker
+        max_workers=min(workers, len(pairs)), mp_context=context, initializer=_prepare_worker
     ) as pool:
         futures: dict[Future[CaseResult], CasePair] = {
             pool.submit(evaluate_case, pair, options): pair for pair in pairs
@@ -367,7 +369,8 @@ def _run_cases(
     return [done_results[pair.case_id] for pair in pairs]
 
 
-def _one_thread_per_worker() -> None:
+def _prepare_worker() -> None:
+    """Initializer of each worker process: one numba thread, and a quick exit."""
     # Parallelism comes from the worker processes; threads inside each would
     # oversubscribe the cores.
     from calibkit.binning import numba_available
@@ -376,6 +379,16 @@ def _one_thread_per_worker() -> None:
         import numba
 
         numba.set_num_threads(1)
+    # A worker's results have all been sent when the pool shuts it down; tearing down
+    # its interpreter (numba and LLVM above all) then only delays the end of the run
+    # by about half a second. The handler registered last runs first at exit.
+    atexit.register(_leave_at_once)
+
+
+def _leave_at_once() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
@@ -415,9 +428,13 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
         from calibkit.calibrate import calibrated_probabilities, load_temperature
 
         model = load_temperature(options.temperature)
-        probabilities = calibrated_probabilities(prediction.array, model, options, pair.prediction)
+        probabilities = calibrated_probabilities(
+            prediction.array, model, options, pair.prediction, prediction.value_range
+        )
     else:
-        probabilities = to_probabilities(prediction.array, options, pair.prediction)
+        probabilities = to_probabilities(
+            prediction.array, options, pair.prediction, prediction.value_range
+        )
     if plan.exclusive and options.input_kind == "probabilities":
         problem = softmax_sum_problem(probabilities)
         if problem is not None:
@@ -437,16 +454,22 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
 
 
 def to_probabilities(
-    array: npt.NDArray[np.float32], options: EvaluationOptions, path: Path
+    array: npt.NDArray[np.float32],
+    options: EvaluationOptions,
+    path: Path,
+    value_range: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Probabilities ``(C, *spatial)`` from the stored values: validated and clipped, or activated.
+
+    ``value_range`` is the known smallest and largest value (``Volume.value_range``);
+    None: found here.
 
     Raises:
         InputError: probabilities outside [0, 1] beyond the tolerance.
     """
     if options.input_kind == "logits":
         return _activate(array, options.activation)
-    low, high = float(array.min()), float(array.max())
+    low, high = value_range or (float(array.min()), float(array.max()))
     if low < -PROBABILITY_TOLERANCE or high > 1.0 + PROBABILITY_TOLERANCE:
         raise InputError(
             path,

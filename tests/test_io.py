@@ -86,6 +86,8 @@ def test_read_4d_is_channel_first(tmp_path: Path, rng: np.random.Generator) -> N
         np.testing.assert_array_equal(volume.array[c], data[..., c])
     # channel-first is a view of the (x, y, z, C) data, not a copy
     assert volume.array.base is not None
+    # the finiteness check's minimum and maximum travel with the volume
+    assert volume.value_range == (float(data.min()), float(data.max()))
 
 
 def test_read_5d_with_singleton_fourth_dim(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -83,11 +83,14 @@ class Volume:
         affine: 4x4 float64 voxel-to-world matrix (RAS+, mm), or None when the
             format stores no geometry (``.npz``).
         path: the file it was read from.
+        value_range: smallest and largest value of a prediction (found by the
+            finiteness check of ``read_prediction``); None for labels.
     """
 
     array: np.ndarray
     affine: np.ndarray | None
     path: Path
+    value_range: tuple[float, float] | None = None
 
 
 def split_suffix(path: Path | str) -> tuple[str, str]:
@@ -144,8 +147,8 @@ def read_prediction(path: Path | str) -> Volume:
         array, affine = _read_npz_prediction(path), None
     else:
         array, affine = _read_sitk_prediction(path)
-    _check_finite(array, path)
-    return Volume(array=array, affine=affine, path=path)
+    value_range = _check_finite(array, path)
+    return Volume(array=array, affine=affine, path=path, value_range=value_range)
 
 
 def read_label(path: Path | str) -> Volume:
@@ -371,15 +374,24 @@ def _sitk_affine(image: Any) -> np.ndarray:
     return affine
 
 
-def _check_finite(array: np.ndarray, path: Path) -> None:
-    """Raise when any value is NaN or infinite, naming counts and channels."""
+def _check_finite(array: np.ndarray, path: Path) -> tuple[float, float] | None:
+    """Raise when any value is NaN or infinite; else the smallest and largest value.
+
+    Per channel, the minimum and maximum are finite exactly when every value is (NaN
+    propagates, an infinity is a bound): two vectorised passes with no volume-sized
+    temporary, whose result ``evaluate`` reuses for its range check.
+    """
     problems: list[str] = []
     first: tuple[int, ...] | None = None
+    lows, highs = [], []
     for c in range(array.shape[0]):
         channel = array[c]
-        # A float64 sum of float32 values cannot overflow, so it is finite exactly when
-        # every value is: a check with no volume-sized temporary.
-        if np.isfinite(np.sum(channel, dtype=np.float64)):
+        if channel.size == 0:
+            continue
+        low, high = float(channel.min()), float(channel.max())
+        if np.isfinite(low) and np.isfinite(high):
+            lows.append(low)
+            highs.append(high)
             continue
         n_nan = int(np.count_nonzero(np.isnan(channel)))
         n_inf = int(np.count_nonzero(np.isinf(channel)))
@@ -395,6 +407,7 @@ def _check_finite(array: np.ndarray, path: Path) -> None:
             f"{', '.join(problems)} (first at voxel {first}); "
             "fix the export so that every value is finite",
         )
+    return (min(lows), max(highs)) if lows else None
 
 
 def _check_label_shape(shape: tuple[int, ...], path: Path) -> None:
