@@ -4,8 +4,6 @@ Each command lives in its own module and registers itself on the shared Typer
 ``app`` (:mod:`calibkit.cli.app`); importing this package registers them all.
 """
 
-from __future__ import annotations
-
 from calibkit.cli import compare as _compare  # noqa: F401  (compare, summarize, gate)
 from calibkit.cli import demo as _demo  # noqa: F401  (registers its command)
 from calibkit.cli import evaluate as _evaluate  # noqa: F401  (registers its command)

@@ -4,8 +4,6 @@ Only typer and rich are imported at start-up; numpy, pandas, nibabel and torch
 are imported inside the commands, so ``calibkit --help`` stays fast.
 """
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

@@ -4,8 +4,6 @@ All three read run folders of either layout: ``calibkit evaluate`` results
 (``per_image.csv``) or the paper authors' ``{ace,ece,mce,mean_dice}_raw.csv``.
 """
 
-from __future__ import annotations
-
 import os
 from enum import Enum
 from pathlib import Path
@@ -155,7 +153,7 @@ def compare_cli(
                 stdout.print(f"wrote {out}", soft_wrap=True)
 
 
-def _write_comparison(comparison: Comparison, out: Path) -> None:
+def _write_comparison(comparison: "Comparison", out: Path) -> None:
     import json
 
     from calibkit.io.atomic import atomic_write_text
@@ -173,7 +171,7 @@ def _write_comparison(comparison: Comparison, out: Path) -> None:
     atomic_write_text(out, text)
 
 
-def _print_comparison(comparison: Comparison) -> None:
+def _print_comparison(comparison: "Comparison") -> None:
     from rich.table import Table
 
     rows = comparison.table.to_dict("records")
@@ -390,7 +388,7 @@ def _append_summary(path: Path, text: str) -> None:
         ) from None
 
 
-def _print_gate(report: GateReport) -> None:
+def _print_gate(report: "GateReport") -> None:
     from rich.table import Table
 
     verdict = "[green]passed[/]" if report.passed else "[bold red]failed[/]"

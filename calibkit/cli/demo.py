@@ -1,7 +1,5 @@
 """``calibkit demo``: the whole pipeline on the bundled sample data."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

@@ -1,7 +1,5 @@
 """``calibkit evaluate``: per-case calibration and Dice tables of a prediction folder."""
 
-from __future__ import annotations
-
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -171,7 +169,7 @@ def evaluate_cli(
             stdout.print(f"wrote {', '.join(str(path) for path in paths)}", soft_wrap=True)
 
 
-def _print_summary(evaluation: Evaluation) -> None:
+def _print_summary(evaluation: "Evaluation") -> None:
     from rich.table import Table
 
     table = Table(

@@ -5,8 +5,6 @@ Each command reads what ``calibkit evaluate`` saved (``bins.npz``,
 follows the ``--out`` suffix (.png at 200 dpi, .pdf, .svg).
 """
 
-from __future__ import annotations
-
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional

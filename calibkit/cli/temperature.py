@@ -1,7 +1,5 @@
 """``calibkit fit-temperature`` and ``calibkit apply-temperature``: post-hoc temperature scaling."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -132,7 +130,7 @@ def fit_temperature_cli(
             stdout.print(f"wrote {out}", soft_wrap=True)
 
 
-def _print_fit(result: FolderTemperature) -> None:
+def _print_fit(result: "FolderTemperature") -> None:
     from rich.table import Table
 
     fit = result.fit

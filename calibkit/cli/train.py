@@ -1,7 +1,5 @@
 """``calibkit train`` and ``calibkit predict``: the paper's UNet pipeline on BraTS-style data."""
 
-from __future__ import annotations
-
 import math
 import time
 from collections.abc import Mapping
@@ -164,7 +162,7 @@ def train_cli(
             )
 
 
-def _reporter(quiet: bool) -> TrainProgress | None:
+def _reporter(quiet: bool) -> "TrainProgress | None":
     if quiet:
         return None
     if show_progress(quiet):
@@ -195,7 +193,7 @@ def _describe(row: Mapping[str, Any]) -> str:
 class _LineProgress:
     """Plain lines (logs, CI, pipes): one at the start and one per epoch."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: "Console") -> None:
         self.console = console
         self.epochs = 0
 
@@ -233,7 +231,7 @@ def _start_line(info: Mapping[str, Any]) -> str:
 class _RichProgress:
     """A rich progress bar over all steps; epoch lines printed above it."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: "Console") -> None:
         self.console = console
         self.bar: Progress | None = None
         self.task: Any = None
