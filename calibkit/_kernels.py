@@ -120,7 +120,7 @@ def _bin_chunk(  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _bin_flat(  # pragma: no cover - compiled
+def _bin_rows(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
     codes: npt.NDArray[np.integer],
     target_bits: np.uint64,
@@ -129,31 +129,37 @@ def _bin_flat(  # pragma: no cover - compiled
     threshold: np.float32,
     chunk: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Per-key counts and probability sums, chunk sums added in chunk order."""
+    """Per-key counts and probability sums of each row of ``p`` (rows, voxels).
+
+    One parallel loop over every (row, chunk) pair; chunk sums are added in chunk
+    order.
+    """
     n_keys = 4 * (edges.size - 1)
-    n = p.size
+    n_rows, n = p.shape
     n_chunks = (n + chunk - 1) // chunk
-    chunk_counts = np.zeros((n_chunks, n_keys), dtype=np.int64)
-    chunk_sums = np.zeros((n_chunks, n_keys), dtype=np.float64)
-    for c in numba.prange(n_chunks):
-        start = c * chunk
+    chunk_counts = np.zeros((n_rows * n_chunks, n_keys), dtype=np.int64)
+    chunk_sums = np.zeros((n_rows * n_chunks, n_keys), dtype=np.float64)
+    for task in numba.prange(n_rows * n_chunks):
+        row = task // n_chunks
+        start = (task % n_chunks) * chunk
         stop = min(start + chunk, n)
         _bin_chunk(
-            p[start:stop],
-            codes[start:stop],
+            p[row, start:stop],
+            codes[row, start:stop],
             target_bits,
             edges,
             margin,
             threshold,
-            chunk_counts[c],
-            chunk_sums[c],
+            chunk_counts[task],
+            chunk_sums[task],
         )
-    key_count = np.zeros(n_keys, dtype=np.int64)
-    key_sum = np.zeros(n_keys, dtype=np.float64)
-    for c in range(n_chunks):
+    key_count = np.zeros((n_rows, n_keys), dtype=np.int64)
+    key_sum = np.zeros((n_rows, n_keys), dtype=np.float64)
+    for task in range(n_rows * n_chunks):
+        row = task // n_chunks
         for key in range(n_keys):
-            key_count[key] += chunk_counts[c, key]
-            key_sum[key] += chunk_sums[c, key]
+            key_count[row, key] += chunk_counts[task, key]
+            key_sum[row, key] += chunk_sums[task, key]
     return key_count, key_sum
 
 
@@ -197,20 +203,21 @@ class KernelResult:
     intersection: int
 
 
-def bin_flat(
+def bin_rows(
     p: npt.NDArray[np.float32],
     codes: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
     edges: npt.NDArray[np.float32],
     *,
     target_labels: tuple[int, ...] | None = None,
     threshold: float = np.inf,
-) -> KernelResult:
-    """Bins of flat float32 ``p`` against bool targets ``codes`` or a label map ``codes``.
+) -> list[KernelResult]:
+    """Bins of each row of float32 ``p`` (rows, voxels) against bool targets or labels.
 
-    With ``target_labels``, ``codes`` is a label map with values in ``[0, 64)`` and
-    the target is "the label is one of ``target_labels``". ``predicted`` and
-    ``intersection`` count voxels with ``p >= threshold`` (and a positive target):
-    the Dice counts, from the same pass.
+    ``codes`` has the shape of ``p``: boolean targets, or, with ``target_labels``, a
+    label map with values in ``[0, 64)`` whose target is "the label is one of
+    ``target_labels``". ``predicted`` and ``intersection`` count voxels with
+    ``p >= threshold`` (and a positive target): the Dice counts, from the same pass.
+    Rows may be strided views; each row must be contiguous.
     """
     n_bins = edges.size - 1
     margin = edge_margin(n_bins, edges.tobytes())
@@ -223,9 +230,31 @@ def bin_flat(
         label_codes = cast("npt.NDArray[Any]", codes)
         bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
     with _LAUNCH_LOCK:
-        key_count, key_sum = _bin_flat(
+        key_counts, key_sums = _bin_rows(
             p, label_codes, np.uint64(bits), edges, margin, np.float32(threshold), KERNEL_CHUNK
         )
+    return [
+        _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
+    ]
+
+
+def bin_flat(
+    p: npt.NDArray[np.float32],
+    codes: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
+    edges: npt.NDArray[np.float32],
+    *,
+    target_labels: tuple[int, ...] | None = None,
+    threshold: float = np.inf,
+) -> KernelResult:
+    """:func:`bin_rows` of one flat map."""
+    return bin_rows(p[None], codes[None], edges, target_labels=target_labels, threshold=threshold)[
+        0
+    ]
+
+
+def _row_result(
+    key_count: npt.NDArray[np.int64], key_sum: npt.NDArray[np.float64], n_bins: int
+) -> KernelResult:
     by_key = key_count.reshape(n_bins, 2, 2)  # (bin, p >= threshold, target)
     with np.errstate(invalid="ignore"):  # +inf and -inf in one bin: NaN, as in the kernel
         sum_p = key_sum.reshape(n_bins, 4).sum(axis=1)

@@ -200,16 +200,24 @@ def bin_statistics(
     sum_y = np.zeros((n_classes, n_bins), dtype=np.float64)
     binner = _ChunkBinner(n_bins)
     compiled = _compiled_kernel(kernel, truth.dtype)
-    for c in range(n_classes):
-        flat_p, flat_y = flatten_alike(probs[c], truth[c])
-        if compiled is not None:
-            result = compiled(
-                np.ascontiguousarray(flat_p, dtype=np.float32),
-                np.ascontiguousarray(flat_y),
-                binner.edges,
-            )
+    flat = [flatten_alike(probs[c], truth[c]) for c in range(n_classes)]
+    if compiled is not None:
+        p_rows, y_rows = _as_rows([p for p, _ in flat]), _as_rows([y for _, y in flat])
+        if p_rows is not None and y_rows is not None and p_rows.dtype == np.float32:
+            row_results = compiled(p_rows, y_rows, binner.edges)  # one launch for all classes
+        else:  # one class at a time, so that at most one class is ever copied
+            row_results = [
+                compiled(
+                    np.ascontiguousarray(p, dtype=np.float32)[None],
+                    np.ascontiguousarray(y)[None],
+                    binner.edges,
+                )[0]
+                for p, y in flat
+            ]
+        for c, result in enumerate(row_results):
             count[c], sum_p[c], sum_y[c] = result.count, result.sum_p, result.sum_y
-            continue
+        return BinStats(count, sum_p, sum_y)
+    for c, (flat_p, flat_y) in enumerate(flat):
         for start in range(0, flat_p.size, CHUNK_VOXELS):
             binner.add(
                 flat_p[start : start + CHUNK_VOXELS],
@@ -219,6 +227,28 @@ def bin_statistics(
                 sum_y[c],
             )
     return BinStats(count, sum_p, sum_y)
+
+
+def _as_rows(rows: list[npt.NDArray[Any]]) -> npt.NDArray[Any] | None:
+    """Contiguous flat rows at equal distances in one buffer as one ``(rows, n)`` view.
+
+    The classes of a C- or Fortran-ordered volume are such rows; None for anything
+    else (no copy is made).
+    """
+    first = rows[0]
+    if not all(row.flags.c_contiguous for row in rows):
+        return None
+    if len(rows) == 1:
+        return first[None]
+    step = rows[1].ctypes.data - first.ctypes.data
+    if step == 0 or any(
+        row.ctypes.data - first.ctypes.data != i * step for i, row in enumerate(rows)
+    ):
+        return None
+    view: npt.NDArray[Any] = np.lib.stride_tricks.as_strided(
+        first, shape=(len(rows), first.size), strides=(step, first.itemsize), writeable=False
+    )
+    return view
 
 
 def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any]) -> Any:
@@ -231,9 +261,9 @@ def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any]) -> Any:
         raise ValueError("the numba kernel needs boolean targets; use kernel='numpy'")
     if kernel == "auto" and not numba_available():
         return None
-    from calibkit._kernels import bin_flat
+    from calibkit._kernels import bin_rows
 
-    return bin_flat
+    return bin_rows
 
 
 def dense_values(array: npt.NDArray[Any]) -> npt.NDArray[Any] | None:

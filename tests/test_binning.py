@@ -171,6 +171,24 @@ def test_compiled_kernel_is_exact_around_every_edge(n_bins: int) -> None:
     )
 
 
+def test_compiled_kernel_takes_any_class_layout(rng: np.random.Generator) -> None:
+    """Classes as one strided launch (C or Fortran order) or one at a time: same bins."""
+    pytest.importorskip("numba")
+    channel_last = np.asfortranarray(rng.random((20, 30, 40, 3), dtype=np.float32))
+    layouts = {
+        "C": np.ascontiguousarray(np.moveaxis(channel_last, -1, 0)),
+        "F, channel-first view": np.moveaxis(channel_last, -1, 0),
+        "every other voxel": np.moveaxis(channel_last, -1, 0)[:, ::2],
+        "reversed classes": np.ascontiguousarray(np.moveaxis(channel_last, -1, 0))[::-1],
+    }
+    for name, p in layouts.items():
+        y = p > 0.5
+        compiled = bin_statistics(p, y, 20, kernel="numba")
+        reference = bin_statistics(p, y, 20, kernel="numpy")
+        np.testing.assert_array_equal(compiled.count, reference.count, err_msg=name)
+        np.testing.assert_allclose(compiled.sum_p, reference.sum_p, rtol=1e-12, err_msg=name)
+
+
 def test_compiled_kernel_does_not_depend_on_thread_count(rng: np.random.Generator) -> None:
     numba = pytest.importorskip("numba")
     values = rng.random((2, 300_001), dtype=np.float32)
