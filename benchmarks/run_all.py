@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    binning_args = ["--repeats", "5"] + (["--shape", "3", "64", "64", "64"] if args.quick else [])
+    binning_args = ["--repeats", "7"] + (["--shape", "3", "64", "64", "64"] if args.quick else [])
     evaluate_args = ["--cases", "4"] if args.quick else []
     sections = [
         f"# Benchmarks\n\nMeasured {date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
