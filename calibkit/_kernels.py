@@ -49,6 +49,9 @@ KERNEL_CHUNK = 1 << 16
 # Voxels per block: keys of one block stay in L1 between the two loops.
 BLOCK = 256
 
+# Label values the bit mask of targets covers; larger values are never a target.
+TARGET_BITS = 64
+
 # Interleaved accumulators per key: consecutive voxels usually share a key
 # (background), and one accumulator would serialise on its add latency.
 LANES = 4
@@ -102,7 +105,9 @@ def _bin_chunk(  # pragma: no cover - compiled
             below, above = _bracket(block_p[j], scale, top, margin)
             near[j] = above - below
             n_near += above - below
-            target = (target_bits >> np.uint64(block_codes[j])) & np.uint64(1)
+            code = np.uint64(block_codes[j])  # a negative code wraps to a large one
+            in_mask = np.uint64(code < np.uint64(TARGET_BITS))  # larger: never a target
+            target = (target_bits >> (code & np.uint64(TARGET_BITS - 1))) & in_mask
             keys[j] = 4 * below + 2 * np.int32(block_p[j] >= threshold) + np.int32(target)
         if n_near != 0:
             for j in range(block_p.size):
@@ -188,8 +193,21 @@ def edge_margin(n_bins: int, edges_bytes: bytes) -> float:
     return 2.0 * gap + n_bins * 2.0**-40
 
 
-# Label values the bit mask of targets covers: label maps must stay below it.
-TARGET_BITS = 64
+def supports(n_bins: int) -> bool:
+    """Whether the compiled kernel bins exactly with ``n_bins`` (up to ~1.6 million)."""
+    from calibkit.binning import bin_edges
+
+    return edge_margin(n_bins, bin_edges(n_bins).tobytes()) < 0.5
+
+
+def chunk_for(n_bins: int) -> int:
+    """Voxels per chunk: 2^16, more for many bins so that per-chunk sums stay small.
+
+    Each chunk keeps ``4 * M`` counts and sums; at least 64 voxels per key bounds
+    them to a few percent of the input. Depends on ``M`` only, never on the threads.
+    """
+    wanted = 64 * 4 * n_bins
+    return max(KERNEL_CHUNK, 1 << (wanted - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -220,9 +238,9 @@ def bin_rows(
     Rows may be strided views; each row must be contiguous.
     """
     n_bins = edges.size - 1
-    margin = edge_margin(n_bins, edges.tobytes())
-    if margin >= 0.5:
+    if not supports(n_bins):
         raise ValueError(f"the compiled kernel supports up to ~10^6 bins, got {n_bins}")
+    margin = edge_margin(n_bins, edges.tobytes())
     label_codes: npt.NDArray[Any]
     if target_labels is None:
         label_codes, bits = codes.view(np.uint8), 0b10
@@ -231,7 +249,7 @@ def bin_rows(
         bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
     with _LAUNCH_LOCK:
         key_counts, key_sums = _bin_rows(
-            p, label_codes, np.uint64(bits), edges, margin, np.float32(threshold), KERNEL_CHUNK
+            p, label_codes, np.uint64(bits), edges, margin, np.float32(threshold), chunk_for(n_bins)
         )
     return [
         _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)

@@ -199,7 +199,7 @@ def bin_statistics(
     sum_p = np.zeros((n_classes, n_bins), dtype=np.float64)
     sum_y = np.zeros((n_classes, n_bins), dtype=np.float64)
     binner = _ChunkBinner(n_bins)
-    compiled = _compiled_kernel(kernel, truth.dtype)
+    compiled = _compiled_kernel(kernel, truth.dtype, n_bins)
     flat = [flatten_alike(probs[c], truth[c]) for c in range(n_classes)]
     if compiled is not None:
         p_rows, y_rows = _as_rows([p for p, _ in flat]), _as_rows([y for _, y in flat])
@@ -233,13 +233,15 @@ def _as_rows(rows: list[npt.NDArray[Any]]) -> npt.NDArray[Any] | None:
     """Contiguous flat rows at equal distances in one buffer as one ``(rows, n)`` view.
 
     The classes of a C- or Fortran-ordered volume are such rows; None for anything
-    else (no copy is made).
+    else, including no rows (no copy is made).
     """
-    first = rows[0]
-    if not all(row.flags.c_contiguous for row in rows):
+    if not rows or not all(row.flags.c_contiguous for row in rows):
         return None
+    first = rows[0]
     if len(rows) == 1:
         return first[None]
+    if len({id(_root(row)) for row in rows}) != 1:
+        return None  # separate allocations, even if evenly spaced
     step = rows[1].ctypes.data - first.ctypes.data
     if step == 0 or any(
         row.ctypes.data - first.ctypes.data != i * step for i, row in enumerate(rows)
@@ -251,7 +253,15 @@ def _as_rows(rows: list[npt.NDArray[Any]]) -> npt.NDArray[Any] | None:
     return view
 
 
-def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any]) -> Any:
+def _root(array: npt.NDArray[Any]) -> object:
+    """The object that owns an array's memory (the end of its ``base`` chain)."""
+    owner: object = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    return owner
+
+
+def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any], n_bins: int) -> Any:
     """The numba kernel when it should and can be used, else None (numpy path)."""
     if kernel not in ("auto", "numba", "numpy"):
         raise ValueError(f"kernel must be 'auto', 'numba' or 'numpy', got {kernel!r}")
@@ -261,8 +271,12 @@ def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any]) -> Any:
         raise ValueError("the numba kernel needs boolean targets; use kernel='numpy'")
     if kernel == "auto" and not numba_available():
         return None
-    from calibkit._kernels import bin_rows
+    from calibkit._kernels import bin_rows, supports
 
+    if not supports(n_bins):
+        if kernel == "numba":
+            raise ValueError(f"the numba kernel supports up to ~10^6 bins, got {n_bins}")
+        return None
     return bin_rows
 
 

@@ -355,17 +355,18 @@ def _run_cases(
         }
         done_results: dict[str, CaseResult] = {}
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                error = future.exception()
-                if error is not None:
-                    for other in pending:
-                        other.cancel()
-                    raise error
-                result = future.result()
-                done_results[result.case_id] = result
-                finished(result)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()  # a worker's error is raised here
+                    done_results[result.case_id] = result
+                    finished(result)
+        except BaseException:
+            # A bad case, a failed save or Ctrl-C: cases not yet started never start.
+            for other in pending:
+                other.cancel()
+            raise
     return [done_results[pair.case_id] for pair in pairs]
 
 
@@ -378,10 +379,13 @@ def _prepare_worker() -> None:
     if numba_available():
         import numba
 
+        import calibkit._kernels  # noqa: F401  (chooses numba's threading layer first)
+
         numba.set_num_threads(1)
     # A worker's results have all been sent when the pool shuts it down; tearing down
     # its interpreter (numba and LLVM above all) then only delays the end of the run
-    # by about half a second. The handler registered last runs first at exit.
+    # by about half a second. The handler registered last runs first at exit, so
+    # handlers registered earlier (logging, coverage) do not run in workers.
     atexit.register(_leave_at_once)
 
 
@@ -539,7 +543,7 @@ def case_statistics(
     The one place where a case's numbers are computed: ``evaluate``, temperature
     fitting and training validation all call it.
     """
-    fused = _fused_binner(label, options)
+    fused = _fused_binner(label, options) if probabilities.dtype == np.float32 else None
     if fused is not None:
         return _fused_case_statistics(probabilities, label, plan, fused)
     bin_one_class = _class_binner(options)
@@ -586,11 +590,14 @@ def _fused_binner(
         or options.dice_mode != "threshold"
         or resolve_backend(options.backend, options.device) != "numpy"
         or label.dtype.kind not in "iu"
+        or not label.dtype.isnative
         or label.size == 0
     ):
         return None
-    from calibkit._kernels import TARGET_BITS
+    from calibkit._kernels import TARGET_BITS, supports
 
+    if not supports(options.n_bins):
+        return None
     if int(label.min()) < 0 or int(label.max()) >= TARGET_BITS:
         return None
     return _FusedBinner(options.n_bins, options.dice_threshold)

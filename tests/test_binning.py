@@ -189,6 +189,38 @@ def test_compiled_kernel_takes_any_class_layout(rng: np.random.Generator) -> Non
         np.testing.assert_allclose(compiled.sum_p, reference.sum_p, rtol=1e-12, err_msg=name)
 
 
+def test_compiled_kernel_edge_cases(rng: np.random.Generator) -> None:
+    pytest.importorskip("numba")
+    from calibkit._kernels import bin_rows
+    from calibkit.binning import _as_rows
+
+    # no classes
+    assert bin_statistics(np.zeros((0, 5), np.float32), np.zeros((0, 5), bool), 20).shape == (0,)
+    # more bins than the kernel handles exactly: "auto" takes the numpy path
+    huge = bin_statistics([[0.25, 0.75]], [[True, False]], 1_700_000)
+    assert huge.count.sum() == 2
+    with pytest.raises(ValueError, match="bins"):
+        bin_statistics([[0.25]], [[True]], 1_700_000, kernel="numba")
+    # per-chunk sums stay small next to the voxels of a chunk, whatever M
+    from calibkit._kernels import chunk_for
+
+    assert chunk_for(20) == 1 << 16
+    assert all(chunk_for(m) >= 64 * 4 * m for m in (1000, 4096, 65536))
+    # label codes outside [0, 64) are never targets, whatever the length
+    for n in (1, 2, 3, 7, 8, 9, 17, 257):
+        p = rng.random(n, dtype=np.float32)
+        for code in (64, 65, 255, -1):
+            codes = np.full(n, code, dtype=np.int16)
+            (result,) = bin_rows(p[None], codes[None], bin_edges(20), target_labels=(1, 2))
+            assert result.sum_y.sum() == 0 and result.count.sum() == n
+    # evenly spaced rows from separate allocations are not one view
+    pool = [np.empty(4096, np.float32) for _ in range(3)]
+    assert _as_rows(pool) is None
+    same = np.zeros((3, 100), np.float32)
+    view = _as_rows(list(same))
+    assert view is not None and np.shares_memory(view, same)
+
+
 def test_compiled_kernel_does_not_depend_on_thread_count(rng: np.random.Generator) -> None:
     numba = pytest.importorskip("numba")
     values = rng.random((2, 300_001), dtype=np.float32)

@@ -134,6 +134,56 @@ def test_parallel_cases_report_as_each_finishes(monkeypatch: pytest.MonkeyPatch)
     assert held == [True]
 
 
+def test_failure_while_reporting_stops_the_remaining_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed save or progress callback must not let every queued case run first."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import calibkit.evaluate as evaluate_module
+
+    real_case = evaluate_module.evaluate_case
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def counted_case(pair, options):  # type: ignore[no-untyped-def]
+        with lock:
+            started.append(pair.case_id)
+        return real_case(pair, options)
+
+    def failing_progress(case_id: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluate_module, "evaluate_case", counted_case)
+    monkeypatch.setattr(
+        evaluate_module,
+        "ProcessPoolExecutor",
+        lambda max_workers, mp_context, initializer: ThreadPoolExecutor(max_workers),
+    )
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_folders(PREDICTIONS, LABELS, BRATS, workers=2, progress=failing_progress)
+    assert len(started) < 12
+
+
+def test_big_endian_labels_give_the_same_numbers(tmp_path: Path) -> None:
+    case = "BraTS2021_S000"
+    label = nib.load(LABELS / case / f"{case}_seg.nii.gz")
+    values = np.asarray(label.dataobj).astype(np.int16)
+    for name, order in (("little", "<"), ("big", ">")):
+        folder = tmp_path / name
+        folder.mkdir()
+        header = nib.Nifti1Header(endianness=order)
+        header.set_data_dtype(np.int16)
+        nib.save(nib.Nifti1Image(values, label.affine, header), folder / f"{case}_seg.nii.gz")
+    assert np.asarray(nib.load(tmp_path / "big" / f"{case}_seg.nii.gz").dataobj).dtype.str == ">i2"
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    (preds / f"{case}_pred.nii.gz").write_bytes((PREDICTIONS / f"{case}_pred.nii.gz").read_bytes())
+    little = evaluate_folders(preds, tmp_path / "little", BRATS)
+    big = evaluate_folders(preds, tmp_path / "big", BRATS)
+    np.testing.assert_array_equal(little.bins.count, big.bins.count)
+    np.testing.assert_array_equal(little.overlap.intersection, big.overlap.intersection)
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.3])
 def test_one_pass_kernel_equals_separate_steps(
     monkeypatch: pytest.MonkeyPatch, threshold: float

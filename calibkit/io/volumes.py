@@ -418,10 +418,15 @@ def _check_label_shape(shape: tuple[int, ...], path: Path) -> None:
 
 
 def _to_label_array(raw: np.ndarray, path: Path) -> np.ndarray:
-    """Small integers keep their stored type (no copy); others become int16 or int32."""
+    """Small integers keep their stored type (no copy); others become int16 or int32.
+
+    Big-endian storage becomes native byte order (the compiled kernels need it).
+    """
     kind = raw.dtype.kind
     if kind not in "biuf":
         raise InputError(path, f"label map stores {raw.dtype} values; labels must be integers")
+    if not raw.dtype.isnative:
+        raw = raw.astype(raw.dtype.newbyteorder("="))
     if kind in "iu" and raw.dtype.itemsize <= 2:
         return raw
     if kind == "f":
