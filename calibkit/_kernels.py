@@ -49,7 +49,7 @@ KERNEL_CHUNK = 1 << 16
 # Voxels per block: keys of one block stay in L1 between the two loops.
 BLOCK = 256
 
-# Label values the bit mask of targets covers; larger values are never a target.
+# Label values the bit mask of targets covers: label maps must stay below it.
 TARGET_BITS = 64
 
 # Interleaved accumulators per key: consecutive voxels usually share a key
@@ -86,8 +86,9 @@ def _bin_chunk(  # pragma: no cover - compiled
     """Add one chunk to ``key_count``/``key_sum``, indexed ``4 * bin + 2 * (p >= t) + y``.
 
     The target of voxel ``i`` is bit ``codes[i]`` of ``target_bits``: a label map
-    (values below 64) and the bits of the class's labels, or a boolean mask (as
-    uint8) and ``0b10``. A shift, unlike a table lookup, vectorises.
+    (values in [0, 64), checked by the caller) and the bits of the class's labels,
+    or a boolean mask (as uint8) and ``0b10``. A shift, unlike a table lookup,
+    vectorises.
     """
     n_bins = edges.size - 1
     n_keys = 4 * n_bins
@@ -105,9 +106,7 @@ def _bin_chunk(  # pragma: no cover - compiled
             below, above = _bracket(block_p[j], scale, top, margin)
             near[j] = above - below
             n_near += above - below
-            code = np.uint64(block_codes[j])  # a negative code wraps to a large one
-            in_mask = np.uint64(code < np.uint64(TARGET_BITS))  # larger: never a target
-            target = (target_bits >> (code & np.uint64(TARGET_BITS - 1))) & in_mask
+            target = (target_bits >> np.uint64(block_codes[j])) & np.uint64(1)
             keys[j] = 4 * below + 2 * np.int32(block_p[j] >= threshold) + np.int32(target)
         if n_near != 0:
             for j in range(block_p.size):
@@ -246,6 +245,9 @@ def bin_rows(
         label_codes, bits = codes.view(np.uint8), 0b10
     else:
         label_codes = cast("npt.NDArray[Any]", codes)
+        # A shift by 64 or more is undefined in the kernel: check the codes here.
+        if label_codes.size and (label_codes.min() < 0 or label_codes.max() >= TARGET_BITS):
+            raise ValueError(f"label values must lie in [0, {TARGET_BITS}) for the compiled kernel")
         bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
     with _LAUNCH_LOCK:
         key_counts, key_sums = _bin_rows(
