@@ -12,25 +12,14 @@ as scaled uint8, as ``calibkit predict --storage uint8`` writes (very compressib
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from bench_binning import median_seconds
 from bench_evaluate import ensure_data
-
-
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def uint8_copy(source: Path, target: Path) -> Path:

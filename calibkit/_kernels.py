@@ -31,6 +31,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from calibkit.binning import bin_edges
+
 _LAYER_CHOSEN = getattr(numba.config, "THREADING_LAYER", "default") != "default"
 if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
     # numba's own thread pool, unless the user chose a layer: the OpenMP layer resets
@@ -178,7 +180,7 @@ def _values_present(
 
 
 @lru_cache(maxsize=64)
-def edge_margin(n_bins: int, edges_bytes: bytes) -> float:
+def edge_margin(n_bins: int) -> float:
     """Distance from an integer within which ``floor(p * M)`` may miss the true bin.
 
     ``p`` can land in another bin than ``floor(p * M)`` only between an inner edge
@@ -186,7 +188,7 @@ def edge_margin(n_bins: int, edges_bytes: bytes) -> float:
     (both exact in float64). Twice the largest such gap, plus a few ulps of ``M``,
     flags every voxel that needs the exact comparison.
     """
-    edges = np.frombuffer(edges_bytes, dtype=np.float32).astype(np.float64)
+    edges = bin_edges(n_bins).astype(np.float64)
     inner = np.arange(1, n_bins, dtype=np.float64)
     gap = float(np.max(np.abs(edges[1:-1] * n_bins - inner))) if n_bins > 1 else 0.0
     return 2.0 * gap + n_bins * 2.0**-40
@@ -194,9 +196,7 @@ def edge_margin(n_bins: int, edges_bytes: bytes) -> float:
 
 def supports(n_bins: int) -> bool:
     """Whether the compiled kernel bins exactly with ``n_bins`` (up to ~1.6 million)."""
-    from calibkit.binning import bin_edges
-
-    return edge_margin(n_bins, bin_edges(n_bins).tobytes()) < 0.5
+    return edge_margin(n_bins) < 0.5
 
 
 def chunk_for(n_bins: int) -> int:
@@ -223,7 +223,7 @@ class KernelResult:
 def bin_rows(
     p: npt.NDArray[np.float32],
     codes: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
-    edges: npt.NDArray[np.float32],
+    n_bins: int,
     *,
     target_labels: tuple[int, ...] | None = None,
     threshold: float = np.inf,
@@ -234,12 +234,11 @@ def bin_rows(
     label map with values in ``[0, 64)`` whose target is "the label is one of
     ``target_labels``". ``predicted`` and ``intersection`` count voxels with
     ``p >= threshold`` (and a positive target): the Dice counts, from the same pass.
-    Rows may be strided views; each row must be contiguous.
+    Rows may be strided views; each row must be contiguous. The bins are those of
+    :func:`calibkit.binning.bin_edges`.
     """
-    n_bins = edges.size - 1
     if not supports(n_bins):
         raise ValueError(f"the compiled kernel supports up to ~10^6 bins, got {n_bins}")
-    margin = edge_margin(n_bins, edges.tobytes())
     label_codes: npt.NDArray[Any]
     if target_labels is None:
         label_codes, bits = codes.view(np.uint8), 0b10
@@ -251,7 +250,13 @@ def bin_rows(
         bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
     with _LAUNCH_LOCK:
         key_counts, key_sums = _bin_rows(
-            p, label_codes, np.uint64(bits), edges, margin, np.float32(threshold), chunk_for(n_bins)
+            p,
+            label_codes,
+            np.uint64(bits),
+            bin_edges(n_bins),
+            edge_margin(n_bins),
+            np.float32(threshold),
+            chunk_for(n_bins),
         )
     return [
         _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
@@ -261,15 +266,14 @@ def bin_rows(
 def bin_flat(
     p: npt.NDArray[np.float32],
     codes: npt.NDArray[np.integer] | npt.NDArray[np.bool_],
-    edges: npt.NDArray[np.float32],
+    n_bins: int,
     *,
     target_labels: tuple[int, ...] | None = None,
     threshold: float = np.inf,
 ) -> KernelResult:
     """:func:`bin_rows` of one flat map."""
-    return bin_rows(p[None], codes[None], edges, target_labels=target_labels, threshold=threshold)[
-        0
-    ]
+    rows = bin_rows(p[None], codes[None], n_bins, target_labels=target_labels, threshold=threshold)
+    return rows[0]
 
 
 def _row_result(

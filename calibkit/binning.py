@@ -204,13 +204,13 @@ def bin_statistics(
     if compiled is not None:
         p_rows, y_rows = _as_rows([p for p, _ in flat]), _as_rows([y for _, y in flat])
         if p_rows is not None and y_rows is not None and p_rows.dtype == np.float32:
-            row_results = compiled(p_rows, y_rows, binner.edges)  # one launch for all classes
+            row_results = compiled(p_rows, y_rows, n_bins)  # one launch for all classes
         else:  # one class at a time, so that at most one class is ever copied
             row_results = [
                 compiled(
                     np.ascontiguousarray(p, dtype=np.float32)[None],
                     np.ascontiguousarray(y)[None],
-                    binner.edges,
+                    n_bins,
                 )[0]
                 for p, y in flat
             ]
@@ -306,7 +306,6 @@ class _ChunkBinner:
     def __init__(self, n_bins: int) -> None:
         self.n_bins = n_bins
         edges = bin_edges(n_bins)
-        self.edges = edges
         self.lower = edges[:-1].copy()
         self.upper = edges[1:].copy()
         self.scale = np.float32(n_bins)

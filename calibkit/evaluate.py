@@ -543,9 +543,8 @@ def case_statistics(
     The one place where a case's numbers are computed: ``evaluate``, temperature
     fitting and training validation all call it.
     """
-    fused = _fused_binner(label, options) if probabilities.dtype == np.float32 else None
-    if fused is not None:
-        return _fused_case_statistics(probabilities, label, plan, fused)
+    if _one_pass_applies(probabilities, label, options):
+        return _one_pass_case_statistics(probabilities, label, plan, options)
     bin_one_class = _class_binner(options)
     predicted_channel = argmax_channel(probabilities) if options.dice_mode == "argmax" else None
     threshold = np.float32(options.dice_threshold)
@@ -571,47 +570,40 @@ def case_statistics(
     return BinStats.stack(per_class), overlap
 
 
-@dataclass(frozen=True)
-class _FusedBinner:
-    n_bins: int
-    threshold: float
+def _one_pass_applies(
+    probabilities: npt.NDArray[np.floating],
+    label: npt.NDArray[np.integer],
+    options: EvaluationOptions,
+) -> bool:
+    """Whether bins, targets and Dice counts can come from one compiled pass.
 
-
-def _fused_binner(
-    label: npt.NDArray[np.integer], options: EvaluationOptions
-) -> _FusedBinner | None:
-    """The one-pass compiled path (bins, targets and Dice counts together), when it applies.
-
-    It needs numba, the numpy backend, threshold Dice and a label map with values
-    in ``[0, 64)`` (the targets come from a bit mask of each class's labels).
+    It needs numba, the numpy backend, threshold Dice, float32 probabilities and a
+    label map with values in ``[0, 64)`` (the targets come from a bit mask of each
+    class's labels).
     """
     if (
         not numba_available()
         or options.dice_mode != "threshold"
         or resolve_backend(options.backend, options.device) != "numpy"
+        or probabilities.dtype != np.float32
         or label.dtype.kind not in "iu"
         or not label.dtype.isnative
         or label.size == 0
     ):
-        return None
+        return False
     from calibkit._kernels import TARGET_BITS, supports
 
-    if not supports(options.n_bins):
-        return None
-    if int(label.min()) < 0 or int(label.max()) >= TARGET_BITS:
-        return None
-    return _FusedBinner(options.n_bins, options.dice_threshold)
+    return supports(options.n_bins) and 0 <= int(label.min()) and int(label.max()) < TARGET_BITS
 
 
-def _fused_case_statistics(
+def _one_pass_case_statistics(
     probabilities: npt.NDArray[np.float32],
     label: npt.NDArray[np.integer],
     plan: ClassPlan,
-    binner: _FusedBinner,
+    options: EvaluationOptions,
 ) -> tuple[BinStats, OverlapCounts]:
     from calibkit._kernels import bin_flat
 
-    edges = bin_edges(binner.n_bins)
     results = []
     for spec in plan.classes:
         p, codes = flatten_alike(class_probability(probabilities, spec), label)
@@ -619,9 +611,9 @@ def _fused_case_statistics(
             bin_flat(
                 np.ascontiguousarray(p, dtype=np.float32),
                 np.ascontiguousarray(codes),
-                edges,
+                options.n_bins,
                 target_labels=spec.labels,
-                threshold=binner.threshold,
+                threshold=options.dice_threshold,
             )
         )
     stats = BinStats(

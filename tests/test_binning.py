@@ -212,7 +212,7 @@ def test_compiled_kernel_edge_cases(rng: np.random.Generator) -> None:
         for code in (64, 65, 255, -1):
             codes = np.full(n, code, dtype=np.int16)
             with pytest.raises(ValueError, match="label values"):
-                bin_rows(p[None], codes[None], bin_edges(20), target_labels=(1, 2))
+                bin_rows(p[None], codes[None], 20, target_labels=(1, 2))
     # evenly spaced rows from separate allocations are not one view
     pool = [np.empty(4096, np.float32) for _ in range(3)]
     assert _as_rows(pool) is None

@@ -193,9 +193,11 @@ def test_one_pass_kernel_equals_separate_steps(
     import calibkit.evaluate as evaluate_module
 
     options = EvaluationOptions(preset="brats", dice_threshold=threshold)
-    assert evaluate_module._fused_binner(np.zeros(3, np.uint8), options) is not None
+    assert evaluate_module._one_pass_applies(
+        np.zeros((1, 3), np.float32), np.zeros(3, np.uint8), options
+    )
     fused = evaluate_folders(PREDICTIONS, LABELS, options)
-    monkeypatch.setattr(evaluate_module, "_fused_binner", lambda label, options: None)
+    monkeypatch.setattr(evaluate_module, "_one_pass_applies", lambda *args: False)
     separate = evaluate_folders(PREDICTIONS, LABELS, options)
     np.testing.assert_array_equal(fused.bins.count, separate.bins.count)
     np.testing.assert_array_equal(fused.bins.sum_y, separate.bins.sum_y)
@@ -207,13 +209,13 @@ def test_one_pass_kernel_equals_separate_steps(
 def test_one_pass_kernel_on_label_values_up_to_63(rng: np.random.Generator) -> None:
     pytest.importorskip("numba")
     from calibkit._kernels import bin_flat
-    from calibkit.binning import bin_edges, bin_statistics
+    from calibkit.binning import bin_statistics
 
     p = rng.random(300_000, dtype=np.float32)
     label = rng.integers(0, 64, p.size).astype(np.uint8)
     for labels in [(0,), (63,), (1, 2, 4), tuple(range(0, 64, 3))]:
         target = np.isin(label, labels)
-        result = bin_flat(p, label, bin_edges(20), target_labels=labels, threshold=0.4)
+        result = bin_flat(p, label, 20, target_labels=labels, threshold=0.4)
         reference = bin_statistics(p[None], target[None], 20, kernel="numpy")
         np.testing.assert_array_equal(result.count, reference.count[0])
         np.testing.assert_array_equal(result.sum_y, reference.sum_y[0])
