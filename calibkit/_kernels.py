@@ -14,6 +14,14 @@ within ``margin`` of an integer; in a block with flags, each flagged voxel is
 settled by one comparison with the true edge (right-closed bins, the rule of MONAI
 and SPEC §1). A scalar loop then adds the keys into interleaved accumulators.
 
+One-key blocks. Most voxels of a real probability map are background: the same
+bin, the same side of the threshold and the same label for whole blocks. A block
+whose smallest and largest value fall in one bin (well inside it), on one side of
+the threshold, with one label value, has one key; its count and sum are added
+at once, from one vectorised min/max/sum loop, without making any key. After a
+block that is not like that, the next few blocks skip the check, so data without
+such runs (uniform noise) pays almost nothing for it.
+
 Determinism: the voxels are cut into fixed chunks whatever the thread count, each
 chunk is summed in order, and the chunk sums are added in chunk order, so the
 result does not depend on how many threads ran.
@@ -21,7 +29,9 @@ result does not depend on how many threads ran.
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,6 +64,9 @@ BLOCK = 256
 # Label values the bit mask of targets covers: label maps must stay below it.
 TARGET_BITS = 64
 
+# Blocks that skip the one-key check after a block that failed it.
+RECHECK_AFTER = 8
+
 # Interleaved accumulators per key: consecutive voxels usually share a key
 # (background), and one accumulator would serialise on its add latency.
 LANES = 4
@@ -72,6 +85,62 @@ def _bracket(  # pragma: no cover - compiled
     x = x if x > 0.0 else 0.0  # also NaN: first bin
     x = x if x < top else top
     return np.int32(x - margin), np.int32(x + margin)
+
+
+@numba.njit(cache=True, inline="always")
+def _block_extent(  # pragma: no cover - compiled
+    block_p: npt.NDArray[np.float32],
+) -> tuple[np.float32, np.float32, float]:
+    """Smallest and largest value of a block and its float64 sum (NaN if any is NaN).
+
+    Four interleaved lanes each, so that the compiler uses vector instructions.
+    """
+    lo0 = lo1 = lo2 = lo3 = np.float32(np.inf)
+    hi0 = hi1 = hi2 = hi3 = np.float32(-np.inf)
+    sum0 = sum1 = sum2 = sum3 = 0.0
+    whole = block_p.size - block_p.size % 4
+    for j in range(0, whole, 4):
+        v0, v1, v2, v3 = block_p[j], block_p[j + 1], block_p[j + 2], block_p[j + 3]
+        lo0, hi0, sum0 = min(v0, lo0), max(v0, hi0), sum0 + v0
+        lo1, hi1, sum1 = min(v1, lo1), max(v1, hi1), sum1 + v1
+        lo2, hi2, sum2 = min(v2, lo2), max(v2, hi2), sum2 + v2
+        lo3, hi3, sum3 = min(v3, lo3), max(v3, hi3), sum3 + v3
+    for j in range(whole, block_p.size):
+        v0 = block_p[j]
+        lo0, hi0, sum0 = min(v0, lo0), max(v0, hi0), sum0 + v0
+    lo = min(min(lo0, lo1), min(lo2, lo3))
+    hi = max(max(hi0, hi1), max(hi2, hi3))
+    return lo, hi, (sum0 + sum1) + (sum2 + sum3)
+
+
+@numba.njit(cache=True, inline="always")
+def _one_key(  # pragma: no cover - compiled
+    block_p: npt.NDArray[np.float32],
+    block_codes: npt.NDArray[np.integer],
+    target_bits: np.uint64,
+    scale: float,
+    top: float,
+    margin: float,
+    threshold: np.float32,
+) -> tuple[np.int32, float]:
+    """The key shared by every voxel of the block and the block's sum, or key -1.
+
+    The bracket of ``p`` and ``p >= threshold`` never decrease with ``p``: when the
+    smallest and the largest value agree on both, and all label values are equal,
+    every voxel has their key. A NaN anywhere makes the sum NaN and the block is
+    left to the voxel loop.
+    """
+    lo, hi, total = _block_extent(block_p)
+    below, _ = _bracket(lo, scale, top, margin)
+    _, above = _bracket(hi, scale, top, margin)
+    first_code = block_codes[0]
+    same_code = True
+    for j in range(block_codes.size):
+        same_code &= block_codes[j] == first_code
+    if below != above or (lo >= threshold) != (hi >= threshold) or not same_code or total != total:
+        return np.int32(-1), total
+    target = (target_bits >> np.uint64(first_code)) & np.uint64(1)
+    return 4 * below + 2 * np.int32(lo >= threshold) + np.int32(target), total
 
 
 @numba.njit(cache=True, nogil=True)
@@ -100,9 +169,20 @@ def _bin_chunk(  # pragma: no cover - compiled
     near = np.empty(BLOCK, dtype=np.int32)
     scale = float(n_bins)
     top = n_bins - 0.5  # above it, every value is in the last bin
+    checks_skipped = 0  # blocks left before the next one-key check
     for start in range(0, p.size, BLOCK):
         block_p = p[start : start + BLOCK]
         block_codes = codes[start : start + BLOCK]
+        if checks_skipped == 0:
+            shared_key, total = _one_key(
+                block_p, block_codes, target_bits, scale, top, margin, threshold
+            )
+            if shared_key >= 0:
+                lane_count[shared_key] += block_p.size
+                lane_sum[shared_key] += total
+                continue
+            checks_skipped = RECHECK_AFTER
+        checks_skipped -= 1
         n_near = np.int32(0)
         for j in range(block_p.size):
             below, above = _bracket(block_p[j], scale, top, margin)
@@ -289,6 +369,36 @@ def _row_result(
         predicted=int(by_key[:, 1, :].sum()),
         intersection=int(by_key[:, 1, 1].sum()),
     )
+
+
+class _Hidden(importlib.abc.MetaPathFinder):
+    """Import finder that makes the named packages (and their submodules) not found."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if any(fullname == name or fullname.startswith(name + ".") for name in self.names):
+            raise ModuleNotFoundError(f"{fullname} is hidden while numba starts", name=fullname)
+        return None
+
+
+def start_without_blas_probe() -> None:
+    """Start numba's CPU target and load a kernel, without numba's BLAS probe.
+
+    When numba's CPU target starts it imports ``scipy.linalg`` (about 0.4 s, half of
+    numba's start here) only to learn whether ``np.dot`` inside compiled code may call
+    BLAS; without it numba uses a plain loop there. calibkit's kernels call no BLAS.
+    For processes that run only calibkit's code (the worker processes of
+    ``evaluate``): ``scipy.linalg`` is hidden while the target starts, and imports as
+    usual afterwards. Where the target has already started, this only loads a kernel.
+    """
+    finder = _Hidden(("scipy.linalg",))
+    sys.meta_path.insert(0, finder)
+    try:
+        values_present(np.zeros(1, dtype=np.uint8), 1)
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def values_present(codes: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.bool_]:

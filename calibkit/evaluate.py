@@ -353,6 +353,10 @@ def _run_cases(
         futures: dict[Future[CaseResult], CasePair] = {
             pool.submit(evaluate_case, pair, options): pair for pair in pairs
         }
+        # While the workers start and read their first cases, this process imports
+        # what the tables need at the end (pandas, about 0.4 s).
+        import pandas  # noqa: F401
+
         done_results: dict[str, CaseResult] = {}
         pending = set(futures)
         try:
@@ -371,17 +375,18 @@ def _run_cases(
 
 
 def _prepare_worker() -> None:
-    """Initializer of each worker process: one numba thread, and a quick exit."""
-    # Parallelism comes from the worker processes; threads inside each would
-    # oversubscribe the cores.
+    """Initializer of each worker process: one numba thread, a quick start and exit."""
     from calibkit.binning import numba_available
 
     if numba_available():
         import numba
 
-        import calibkit._kernels  # noqa: F401  (chooses numba's threading layer first)
+        from calibkit import _kernels  # chooses numba's threading layer first
 
+        # Parallelism comes from the worker processes; threads inside each would
+        # oversubscribe the cores.
         numba.set_num_threads(1)
+        _kernels.start_without_blas_probe()  # a worker runs only calibkit's kernels
     # A worker's results have all been sent when the pool shuts it down; tearing down
     # its interpreter (numba and LLVM above all) then only delays the end of the run
     # by about half a second. The handler registered last runs first at exit, so

@@ -221,6 +221,90 @@ def test_compiled_kernel_edge_cases(rng: np.random.Generator) -> None:
     assert view is not None and np.shares_memory(view, same)
 
 
+def _runs(rng: np.random.Generator, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probability runs made for the one-key blocks, with labels 0..4 in runs too.
+
+    Runs inside one bin, constant runs on and next to the edges, runs across the
+    threshold, a NaN or an infinity inside a run, and lengths that do not fill blocks.
+    """
+    edges = bin_edges(n_bins)
+    runs, labels = [], []
+    for _ in range(400):
+        length = int(rng.choice([256, 512, 777, 1000, 3, 255]))
+        kind = rng.integers(7)
+        k = int(rng.integers(n_bins))
+        if kind == 0:  # well inside bin k
+            low, high = edges[k], edges[k + 1]
+            run = rng.uniform(low + (high - low) / 4, high - (high - low) / 4, length)
+        elif kind == 1:  # an edge itself, constant
+            run = np.full(length, edges[k])
+        elif kind == 2:  # one ulp either side of an edge, constant
+            run = np.full(length, np.nextafter(edges[k], np.float32(2 * (length % 2) - 1)))
+        elif kind == 3:  # around the threshold 0.5
+            run = rng.uniform(0.49, 0.51, length)
+        elif kind == 4:  # inside bin k, or background, with one NaN or infinity
+            low, high = (edges[k], edges[k + 1]) if rng.random() < 0.5 else (0.0, 1e-4)
+            run = rng.uniform(low + (high - low) / 4, high - (high - low) / 4, length)
+            run[rng.integers(length)] = rng.choice([np.nan, np.inf, -np.inf])
+        elif kind == 5:  # exactly the threshold
+            run = np.full(length, 0.5)
+        else:  # background
+            run = np.zeros(length)
+        runs.append(run.astype(np.float32))
+        label_run = np.full(length, rng.integers(5), dtype=np.uint8)
+        if rng.random() < 0.2:
+            label_run[rng.integers(length)] = rng.integers(5)
+        labels.append(label_run)
+    return np.concatenate(runs), np.concatenate(labels)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 20, 33])
+def test_compiled_kernel_one_key_blocks(n_bins: int, rng: np.random.Generator) -> None:
+    """Whole blocks of one key (background) are added at once: same bins and Dice counts."""
+    pytest.importorskip("numba")
+    from calibkit._kernels import bin_flat
+
+    values, labels = _runs(rng, n_bins)
+    finite = np.where(np.isnan(values), -1.0, values)  # NaN goes to the first bin
+    expected_bins = assign_bins(np.clip(finite, 0.0, 1.0), n_bins)
+    for target_labels in [(1,), (1, 2, 4), (0, 3)]:
+        targets = np.isin(labels, target_labels)
+        result = bin_flat(values, labels, n_bins, target_labels=target_labels, threshold=0.5)
+        reference = bin_statistics(values[None], targets[None], n_bins, kernel="numpy")
+        np.testing.assert_array_equal(result.count, reference.count[0])
+        np.testing.assert_array_equal(result.count, np.bincount(expected_bins, minlength=n_bins))
+        np.testing.assert_array_equal(result.sum_y, reference.sum_y[0])
+        np.testing.assert_allclose(result.sum_p, reference.sum_p[0], rtol=1e-12)
+        predicted = values >= 0.5
+        assert result.predicted == np.count_nonzero(predicted)
+        assert result.intersection == np.count_nonzero(predicted & targets)
+
+
+def test_kernel_start_skips_numba_blas_probe() -> None:
+    """Worker processes start numba without importing scipy.linalg; it imports later."""
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import numpy as np
+import calibkit.evaluate
+from calibkit import _kernels
+assert "scipy.linalg" not in sys.modules
+_kernels.start_without_blas_probe()
+assert "scipy.linalg" not in sys.modules
+assert not any(isinstance(f, _kernels._Hidden) for f in sys.meta_path)
+import scipy.linalg
+assert scipy.linalg.cholesky(np.eye(2)).sum() == 2
+r = _kernels.bin_flat(np.array([0.1, 0.7], np.float32), np.array([0, 1], np.uint8), 20,
+                      target_labels=(1,), threshold=0.5)
+assert r.count.sum() == 2 and r.intersection == 1
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_compiled_kernel_does_not_depend_on_thread_count(rng: np.random.Generator) -> None:
     numba = pytest.importorskip("numba")
     values = rng.random((2, 300_001), dtype=np.float32)
