@@ -1,6 +1,8 @@
 """``python -m calibkit``."""
 
-from calibkit.cli import main
-
 if __name__ == "__main__":
+    # Imported here, not above: evaluate's worker processes import this module
+    # (as the parent's main module) and need no command line.
+    from calibkit.cli import main
+
     main()

@@ -223,6 +223,44 @@ def test_help_and_module_entry_point() -> None:
     assert completed.stdout.startswith("calibkit ")
 
 
+def test_command_ends_without_teardown_but_completely(tmp_path: Path) -> None:
+    """main() skips the interpreter teardown yet keeps exit codes, output and atexit."""
+    script = (
+        "import atexit, sys; atexit.register(lambda: print('atexit ran')); "
+        "sys.argv = ['calibkit', *sys.argv[1:]]; "
+        "from calibkit.cli import main; main(); print('not reached')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("calibkit ") and done.stdout.endswith("atexit ran\n")
+    missing = tmp_path / "missing"
+    done = subprocess.run(
+        [sys.executable, "-c", script, "evaluate", missing, missing, "-o", tmp_path / "out"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"error: {missing}: folder not found; check the path\n"
+    from calibkit.cli import _exit_status
+
+    assert [_exit_status(code) for code in (None, 0, 3, 256 + 2)] == [0, 0, 3, 2]
+    assert _exit_status("a message") == 1
+
+
+def test_evaluate_parent_process_does_not_import_nibabel() -> None:
+    """With --workers N, only the workers read volumes; the parent starts them sooner."""
+    code = (
+        "import sys, calibkit.evaluate, calibkit.io.results, calibkit.io.checkpoint; "
+        "print(sorted({'nibabel', 'torch', 'numba'} & set(sys.modules)))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "[]"
+
+
 def test_import_and_help_stay_light() -> None:
     code = (
         "import sys, calibkit, calibkit.cli; "

@@ -19,14 +19,11 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
-from nibabel.wrapstruct import WrapStructError
 
 from calibkit.errors import InputError, OutputError
 from calibkit.io.atomic import atomic_path
@@ -59,18 +56,29 @@ _STORAGE = {
 _RANGE_TOLERANCE = 1e-4
 _PREDICTION_LAYOUTS = "expected (x, y, z), (x, y, z, C) or (x, y, z, 1, C)"
 
-# Exceptions that mean "this file is damaged or not what its name says".
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # includes gzip.BadGzipFile and nibabel's "Expected N bytes" truncation
-    EOFError,
-    zlib.error,
-    ValueError,
-    ImageFileError,
-    HeaderDataError,
-    WrapStructError,
-    RuntimeError,  # SimpleITK
-    zipfile.BadZipFile,
-)
+
+@cache
+def _read_errors_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this file is damaged or not what its name says".
+
+    nibabel is imported by the readers and writers only: the process that hands
+    cases to ``evaluate``'s workers never reads a volume and need not import it.
+    """
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
+
+    return (
+        OSError,  # includes gzip.BadGzipFile and nibabel's "Expected N bytes" truncation
+        EOFError,
+        zlib.error,
+        ValueError,
+        ImageFileError,
+        HeaderDataError,
+        WrapStructError,
+        RuntimeError,  # SimpleITK
+        zipfile.BadZipFile,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,7 +216,7 @@ def _read_errors(path: Path, kind: str) -> Iterator[None]:
         yield
     except InputError:
         raise
-    except _READ_ERRORS as error:
+    except _read_errors_types() as error:
         raise InputError(
             path,
             f"cannot be read as {kind} (truncated or corrupt file: {_short_reason(error, path)}); "
@@ -228,6 +236,8 @@ def _short_reason(error: BaseException, path: Path) -> str:
 
 
 def _load_nifti(path: Path) -> Any:
+    import nibabel as nib
+
     with _read_errors(path, "NIfTI"):
         # keep_file_open: per-channel reads of a .nii.gz continue from the last position
         # instead of decompressing from the start each time.
@@ -549,6 +559,8 @@ def write_prediction(
                 reference_path,
                 f"shape {reference_shape} does not match the probability map's {spatial}",
             )
+
+    import nibabel as nib
 
     dtype, scale = _STORAGE[storage]
     data = _to_storage(array, np.dtype(dtype), scale, path, storage)
