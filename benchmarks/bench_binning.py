@@ -29,6 +29,23 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each run over ``repeats`` rounds that call every run once.
+
+    Rounds, not one contender after another: a machine that slows down or speeds up
+    during the benchmark touches every contender alike, so the ratios hold.
+    """
+    for run in runs.values():
+        run()  # warm-up: compiled code, caches, allocator
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def numpy_bincount_pipeline(p: np.ndarray, y: np.ndarray, n_bins: int) -> np.ndarray:
     """The straightforward numpy way: digitize, then three bincounts per class."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -110,13 +127,13 @@ def main(argv: list[str] | None = None) -> str:
     import torch
 
     runs, n_bytes = contenders(tuple(args.shape), args.n_bins)
-    timings = {name: median_seconds(run, args.repeats) for name, run in runs.items()}
+    timings = interleaved_medians(runs, args.repeats)
     floor = timings["np.sum (one pass, the floor)"]
     default = next(v for k, v in timings.items() if k.startswith("calibkit"))
     lines = [
         f"Bin statistics of one {'x'.join(map(str, args.shape))} float32 volume "
-        f"({n_bytes / 1e6:.0f} MB), {args.n_bins} bins; median of {args.repeats} runs; "
-        f"torch threads {torch.get_num_threads()}.",
+        f"({n_bytes / 1e6:.0f} MB), {args.n_bins} bins; median of {args.repeats} "
+        f"interleaved rounds; torch threads {torch.get_num_threads()}.",
         "",
         "| contender | seconds | × calibkit default | × np.sum |",
         "|---|---:|---:|---:|",

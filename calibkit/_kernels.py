@@ -5,10 +5,12 @@ the numpy path in :mod:`calibkit.binning` stays the reference and the fallback.
 The compiled code is cached on disk (``cache=True``), so only the first process
 after an install pays for compilation.
 
-How a voxel finds its bin. ``x = p * M`` is exact in float64 (a float32 times a
-small integer), so ``floor(x)`` is the bin of ``p`` except within ``margin`` of an
+How a voxel finds its bin. ``floor(p * M)`` is the bin of ``p`` except near an
 inner edge, where the float32 edges (``torch.linspace(0, 1 + eps, M + 1)``) and
-``k / M`` disagree. A branch-free loop, which the compiler vectorises, turns each
+``k / M`` disagree, and where float32 rounding of ``x = p * M`` (eight values per
+vector instruction, twice float64's four) moves ``x`` across an integer: both stay
+within ``margin`` of the integer (:func:`edge_margin`). A branch-free loop, which
+the compiler vectorises, turns each
 block of voxels into (bin, target) keys and flags the voxels whose ``x`` lies
 within ``margin`` of an integer; in a block with flags, each flagged voxel is
 settled by one comparison with the true edge (right-closed bins, the rule of MONAI
@@ -74,15 +76,15 @@ LANES = 4
 
 @numba.njit(cache=True, inline="always")
 def _bracket(  # pragma: no cover - compiled
-    value: np.float32, scale: float, top: float, margin: float
+    value: np.float32, scale: np.float32, top: np.float32, margin: np.float32
 ) -> tuple[np.int32, np.int32]:
     """``floor(x - margin)`` and ``floor(x + margin)`` of ``x = p * M`` clamped to [0, top].
 
-    Equal: ``p`` is in that bin. One apart: ``p`` is within ``margin`` of the edge
-    ``above`` and one comparison with it decides.
+    All in float32. Equal: ``p`` is in that bin. One apart: ``p`` is within
+    ``margin`` of the edge ``above`` and one comparison with it decides.
     """
-    x = float(value) * scale
-    x = x if x > 0.0 else 0.0  # also NaN: first bin
+    x = value * scale
+    x = x if x > np.float32(0.0) else np.float32(0.0)  # also NaN: first bin
     x = x if x < top else top
     return np.int32(x - margin), np.int32(x + margin)
 
@@ -118,9 +120,9 @@ def _one_key(  # pragma: no cover - compiled
     block_p: npt.NDArray[np.float32],
     block_codes: npt.NDArray[np.integer],
     target_bits: np.uint64,
-    scale: float,
-    top: float,
-    margin: float,
+    scale: np.float32,
+    top: np.float32,
+    margin: np.float32,
     threshold: np.float32,
 ) -> tuple[np.int32, float]:
     """The key shared by every voxel of the block and the block's sum, or key -1.
@@ -149,7 +151,7 @@ def _bin_chunk(  # pragma: no cover - compiled
     codes: npt.NDArray[np.integer],
     target_bits: np.uint64,
     edges: npt.NDArray[np.float32],
-    margin: float,
+    margin: np.float32,
     threshold: np.float32,
     key_count: npt.NDArray[np.int64],
     key_sum: npt.NDArray[np.float64],
@@ -167,8 +169,8 @@ def _bin_chunk(  # pragma: no cover - compiled
     lane_sum = np.zeros(LANES * n_keys, dtype=np.float64)
     keys = np.empty(BLOCK, dtype=np.int32)
     near = np.empty(BLOCK, dtype=np.int32)
-    scale = float(n_bins)
-    top = n_bins - 0.5  # above it, every value is in the last bin
+    scale = np.float32(n_bins)
+    top = np.float32(n_bins - 0.5)  # above it, every value is in the last bin
     checks_skipped = 0  # blocks left before the next one-key check
     for start in range(0, p.size, BLOCK):
         block_p = p[start : start + BLOCK]
@@ -211,7 +213,7 @@ def _bin_rows(  # pragma: no cover - compiled
     codes: npt.NDArray[np.integer],
     target_bits: np.uint64,
     edges: npt.NDArray[np.float32],
-    margin: float,
+    margin: np.float32,
     threshold: np.float32,
     chunk: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
@@ -260,23 +262,33 @@ def _values_present(
 
 
 @lru_cache(maxsize=64)
-def edge_margin(n_bins: int) -> float:
-    """Distance from an integer within which ``floor(p * M)`` may miss the true bin.
+def edge_margin(n_bins: int) -> np.float32:
+    """Distance from an integer within which the float32 ``floor(p * M)`` may miss the bin.
 
-    ``p`` can land in another bin than ``floor(p * M)`` only between an inner edge
-    ``e_k`` and ``k / M``, that is within ``|e_k * M - k|`` of the integer ``k``
-    (both exact in float64). Twice the largest such gap, plus a few ulps of ``M``,
-    flags every voxel that needs the exact comparison.
+    Two things move ``x = p * M`` against the integers. The true edge ``e_k`` lies
+    within ``gap = |e_k * M - k|`` of ``k`` (exact in float64). And float32 rounds
+    the product ``p * M`` and each of ``x - margin`` and ``x + margin``, each by at
+    most ``M * 2^-24`` (half an ulp of a value up to ``M``). When ``floor(x - m)``
+    and ``floor(x + m)`` agree on ``k``, the exact product then lies between
+    ``k + m - 2 M 2^-24`` and ``k + 1 - m + 2 M 2^-24``: inside bin ``k`` whenever
+    ``m >= gap + 2 M 2^-24``. When they differ by one, the bin is ``k`` or
+    ``k + 1`` and the comparison with ``e_(k+1)`` decides. The margin is twice that
+    bound, rounded up to a float32.
     """
     edges = bin_edges(n_bins).astype(np.float64)
     inner = np.arange(1, n_bins, dtype=np.float64)
     gap = float(np.max(np.abs(edges[1:-1] * n_bins - inner))) if n_bins > 1 else 0.0
-    return 2.0 * gap + n_bins * 2.0**-40
+    bound = 2.0 * (gap + 2.0 * n_bins * 2.0**-24)
+    margin = np.float32(bound)
+    return margin if float(margin) >= bound else np.nextafter(margin, np.float32(1))
 
 
 def supports(n_bins: int) -> bool:
-    """Whether the compiled kernel bins exactly with ``n_bins`` (up to ~1.6 million)."""
-    return edge_margin(n_bins) < 0.5
+    """Whether the compiled kernel bins exactly with ``n_bins`` (up to about 400,000).
+
+    The brackets ``x - margin`` and ``x + margin`` must never span two integers.
+    """
+    return float(edge_margin(n_bins)) < 0.25
 
 
 def chunk_for(n_bins: int) -> int:
@@ -318,7 +330,7 @@ def bin_rows(
     :func:`calibkit.binning.bin_edges`.
     """
     if not supports(n_bins):
-        raise ValueError(f"the compiled kernel supports up to ~10^6 bins, got {n_bins}")
+        raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
     label_codes: npt.NDArray[Any]
     if target_labels is None:
         label_codes, bits = codes.view(np.uint8), 0b10

@@ -275,7 +275,7 @@ def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any], n_bins: int) -
 
     if not supports(n_bins):
         if kernel == "numba":
-            raise ValueError(f"the numba kernel supports up to ~10^6 bins, got {n_bins}")
+            raise ValueError(f"the numba kernel supports up to about 400,000 bins, got {n_bins}")
         return None
     return bin_rows
 
