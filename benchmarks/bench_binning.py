@@ -30,16 +30,18 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each run over ``repeats`` rounds that call every run once.
+    """Median wall time of each run over ``repeats`` rounds that time every run once.
 
     Rounds, not one contender after another: a machine that slows down or speeds up
-    during the benchmark touches every contender alike, so the ratios hold.
+    during the benchmark touches every contender alike, so the ratios hold. Within
+    a round each run is called once untimed right before its timed call, so that
+    every contender is timed warm (its own caches, threads and buffers), as in a
+    loop over many volumes.
     """
-    for run in runs.values():
-        run()  # warm-up: compiled code, caches, allocator
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            run()
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
