@@ -149,7 +149,9 @@ def test_compiled_kernel_equals_numpy_reference(n_bins: int, rng: np.random.Gene
     )
 
 
-@pytest.mark.parametrize("n_bins", [1, 2, 3, 7, 10, 20, 33, 50, 255, 256, 1000, 4096, 65536, 400_000])
+@pytest.mark.parametrize(
+    "n_bins", [1, 2, 3, 7, 10, 20, 33, 50, 255, 256, 1000, 4096, 65536, 400_000]
+)
 def test_compiled_kernel_is_exact_around_every_edge(n_bins: int) -> None:
     """Every float32 within 16 ulps of each true edge and of each k/M, and the odd values."""
     pytest.importorskip("numba")
