@@ -353,13 +353,13 @@ def _run_cases(
         futures: dict[Future[CaseResult], CasePair] = {
             pool.submit(evaluate_case, pair, options): pair for pair in pairs
         }
-        # While the workers start and read their first cases, this process imports
-        # what the tables need at the end (pandas, about 0.4 s).
-        import pandas  # noqa: F401
-
         done_results: dict[str, CaseResult] = {}
         pending = set(futures)
         try:
+            # While the workers start and read their first cases, this process
+            # imports what the tables need at the end (pandas, about 0.4 s).
+            import pandas  # noqa: F401
+
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

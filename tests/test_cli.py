@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -243,9 +244,27 @@ def test_command_ends_without_teardown_but_completely(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert done.stderr == f"error: {missing}: folder not found; check the path\n"
+    done = subprocess.run(  # stderr closed (`2>&-`): still a success
+        [sys.executable, "-c", script, "--version"],
+        capture_output=False,
+        stderr=None,
+        stdout=subprocess.DEVNULL,
+        pass_fds=(),
+        close_fds=True,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert done.returncode == 0
+    thread_script = (
+        "import sys, threading, time; "
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start(); "
+        "sys.argv = ['calibkit', '--version']; from calibkit.cli import main; main()"
+    )
+    done = subprocess.run([sys.executable, "-c", thread_script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.endswith("thread done\n")  # waited for it
     from calibkit.cli import _exit_status
 
-    assert [_exit_status(code) for code in (None, 0, 3, 256 + 2)] == [0, 0, 3, 2]
+    codes = (None, 0, 3, 256 + 2, True, 2**63, -1)
+    assert [_exit_status(code) for code in codes] == [0, 0, 3, 2, 1, 255, 255]
     assert _exit_status("a message") == 1
 
 

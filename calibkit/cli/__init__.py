@@ -7,6 +7,7 @@ Each command lives in its own module and registers itself on the shared Typer
 import atexit
 import os
 import sys
+import threading
 
 from calibkit.cli import compare as _compare  # noqa: F401  (compare, summarize, gate)
 from calibkit.cli import demo as _demo  # noqa: F401  (registers its command)
@@ -35,13 +36,21 @@ def main() -> None:
         code = _exit_status(done.code)
     else:
         code = 0
+    if any(thread.is_alive() and not thread.daemon for thread in _other_threads()):
+        sys.exit(code)  # the usual exit waits for them
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the stream closed (`2>&-`)
+            continue
         try:
             stream.flush()
-        except (BrokenPipeError, ValueError):  # a closed reader (`| head`), a closed stream
+        except (OSError, ValueError):  # a closed reader (`| head`), a closed stream
             code = code or 1
     os._exit(code)
+
+
+def _other_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread is not threading.main_thread()]
 
 
 def _exit_status(code: object) -> int:
@@ -49,6 +58,7 @@ def _exit_status(code: object) -> int:
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
+        return code & 0xFF if -(2**63) <= code < 2**63 else 255
+    if sys.stderr is not None:
+        print(code, file=sys.stderr)
     return 1
