@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,15 @@ def run_cli(*args: str | Path) -> tuple[int, str, str]:
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
+
+
+def modules_imported(imports: str, candidates: set[str]) -> list[str]:
+    """Which of ``candidates`` a fresh Python process holds after ``import <imports>``."""
+    code = f"import sys, {imports}; print(*sorted(set({sorted(candidates)!r}) & set(sys.modules)))"
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return completed.stdout.split()
 
 
 def assert_user_error(code: int, stderr: str, *fragments: str) -> None:

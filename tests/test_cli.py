@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA, assert_user_error
+from conftest import SAMPLE_DATA, assert_user_error, modules_imported
 from conftest import run_cli as run
 
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -246,11 +246,7 @@ def test_command_ends_without_teardown_but_completely(tmp_path: Path) -> None:
     assert done.stderr == f"error: {missing}: folder not found; check the path\n"
     done = subprocess.run(  # stderr closed (`2>&-`): still a success
         [sys.executable, "-c", script, "--version"],
-        capture_output=False,
-        stderr=None,
         stdout=subprocess.DEVNULL,
-        pass_fds=(),
-        close_fds=True,
         preexec_fn=lambda: os.close(2),
     )
     assert done.returncode == 0
@@ -270,27 +266,13 @@ def test_command_ends_without_teardown_but_completely(tmp_path: Path) -> None:
 
 def test_evaluate_parent_process_does_not_import_nibabel() -> None:
     """With --workers N, only the workers read volumes; the parent starts them sooner."""
-    code = (
-        "import sys, calibkit.evaluate, calibkit.io.results, calibkit.io.checkpoint; "
-        "print(sorted({'nibabel', 'torch', 'numba'} & set(sys.modules)))"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert completed.stdout.strip() == "[]"
+    parent = "calibkit.evaluate, calibkit.io.results, calibkit.io.checkpoint"
+    assert modules_imported(parent, {"nibabel", "torch", "numba"}) == []
 
 
 def test_import_and_help_stay_light() -> None:
-    code = (
-        "import sys, calibkit, calibkit.cli; "
-        "heavy = {'torch', 'monai', 'matplotlib', 'pandas', 'nibabel', 'scipy'} "
-        "& set(sys.modules); "
-        "print(sorted(heavy))"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert completed.stdout.strip() == "[]"
+    heavy = {"torch", "monai", "matplotlib", "pandas", "nibabel", "scipy"}
+    assert modules_imported("calibkit, calibkit.cli", heavy) == []
 
 
 def test_evaluate_with_temperature_and_plots(tmp_path: Path) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, modules_imported
 from typer.testing import CliRunner
 
 import calibkit.cli.plots  # noqa: F401  (registers plot-diagram, plot-histogram, plot-scatter)
@@ -430,11 +428,5 @@ def test_unsupported_suffix_is_refused_before_drawing(
 def test_plot_help_and_import_stay_light() -> None:
     code, stdout, _ = invoke("plot-histogram", "--help")
     assert code == 0 and "Examples" in stdout and "--labels" in stdout
-    probe = (
-        "import sys, calibkit.cli.plots, calibkit.plots; "
-        "print(sorted({'matplotlib', 'pandas', 'torch'} & set(sys.modules)))"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    )
-    assert completed.stdout.strip() == "[]"
+    heavy = {"matplotlib", "pandas", "torch"}
+    assert modules_imported("calibkit.cli.plots, calibkit.plots", heavy) == []
