@@ -66,7 +66,7 @@ BLOCK = 256
 # Label values the bit mask of targets covers: label maps must stay below it.
 TARGET_BITS = 64
 
-# Blocks that skip the one-key check after a block that failed it.
+# A block that fails the one-key check makes the next RECHECK_AFTER - 1 blocks skip it.
 RECHECK_AFTER = 8
 
 # Interleaved accumulators per key: consecutive voxels usually share a key
@@ -384,13 +384,13 @@ def _row_result(
 
 
 class _Hidden(importlib.abc.MetaPathFinder):
-    """Import finder that makes the named packages (and their submodules) not found."""
+    """Import finder that makes one package (and its submodules) not found."""
 
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def find_spec(self, fullname: str, path: object, target: object = None) -> None:
-        if any(fullname == name or fullname.startswith(name + ".") for name in self.names):
+        if fullname == self.name or fullname.startswith(self.name + "."):
             raise ModuleNotFoundError(f"{fullname} is hidden while numba starts", name=fullname)
         return None
 
@@ -405,7 +405,7 @@ def start_without_blas_probe() -> None:
     ``evaluate``): ``scipy.linalg`` is hidden while the target starts, and imports as
     usual afterwards. Where the target has already started, this only loads a kernel.
     """
-    finder = _Hidden(("scipy.linalg",))
+    finder = _Hidden("scipy.linalg")
     sys.meta_path.insert(0, finder)
     try:
         values_present(np.zeros(1, dtype=np.uint8), 1)

@@ -36,7 +36,8 @@ def main() -> None:
         code = _exit_status(done.code)
     else:
         code = 0
-    if any(thread.is_alive() and not thread.daemon for thread in _other_threads()):
+    others = [thread for thread in threading.enumerate() if thread is not threading.main_thread()]
+    if any(thread.is_alive() and not thread.daemon for thread in others):
         sys.exit(code)  # the usual exit waits for them
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -47,10 +48,6 @@ def main() -> None:
         except (OSError, ValueError):  # a closed reader (`| head`), a closed stream
             code = code or 1
     os._exit(code)
-
-
-def _other_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread is not threading.main_thread()]
 
 
 def _exit_status(code: object) -> int:
