@@ -51,8 +51,10 @@ def run_demo(
     Args:
         out: results folder; a folder from an earlier demo is replaced, any other
             non-empty folder is refused.
-        data: the sample data folder (``brats/`` and ``predictions/``); default: the
-            repository's ``sample_data/``, regenerated from its seed when absent.
+        data: the sample data folder (``brats/`` and ``predictions/`` or ``synthetic/``);
+            default: the repository's ``sample_data/``; where calibkit is installed
+            without the repository, a seeded copy generated once into the user's cache
+            (:func:`calibkit.sample_data.cached_sample_data`).
         step: called with a short description before each step.
 
     Returns:
@@ -74,21 +76,20 @@ def run_demo(
             step(text)
 
     out_dir = _prepare(Path(out))
-    data_dir = _sample_data(data, announce)
-    labels = data_dir / "brats"
+    labels, predictions = _demo_inputs(data, announce)
     options = EvaluationOptions(preset="brats")
     result = DemoResult(out=out_dir)
 
     for run in RUNS:
         announce(f"evaluate predictions/{run}")
         evaluation, _ = evaluate_to_folder(
-            data_dir / "predictions" / run, labels, out_dir / run, options, overwrite=True
+            predictions / run, labels, out_dir / run, options, overwrite=True
         )
         result.outputs.append((f"tables of {RUNS[run]}", out_dir / run))
         result.mean_ace[RUNS[run]] = _mean_ace(evaluation.summary)
 
     announce("fit a temperature to the DSC model")
-    fitted = fit_temperature_folder(data_dir / "predictions" / "dsc", labels, options=options)
+    fitted = fit_temperature_folder(predictions / "dsc", labels, options=options)
     t_json = save_temperature(fitted, out_dir / "temperature.json")
     result.outputs.append(("fitted temperature", t_json))
     result.temperature = float(fitted.fit.temperatures[0])
@@ -96,7 +97,7 @@ def run_demo(
     announce("evaluate the DSC model after temperature scaling")
     scaled_options = EvaluationOptions(preset="brats", temperature=str(t_json))
     scaled, _ = evaluate_to_folder(
-        data_dir / "predictions" / "dsc", labels, out_dir / "dsc_ts", scaled_options, overwrite=True
+        predictions / "dsc", labels, out_dir / "dsc_ts", scaled_options, overwrite=True
     )
     result.outputs.append(("tables of DSC+Ts (temperature)", out_dir / "dsc_ts"))
     result.mean_ace["DSC+Ts"] = _mean_ace(scaled.summary)
@@ -150,19 +151,24 @@ def _prepare(out: Path) -> Path:
     return out
 
 
-def _sample_data(data: str | os.PathLike[str] | None, announce: Callable[[str], None]) -> Path:
-    from calibkit.sample_data import generate_sample_data, sample_data_dir
+def _demo_inputs(
+    data: str | os.PathLike[str] | None, announce: Callable[[str], None]
+) -> tuple[Path, Path]:
+    """The label folder and the folder holding the ``dsc/`` and ``dsc_ace/`` predictions."""
+    from calibkit.sample_data import cached_sample_data, sample_data_dir
 
-    if data is not None:
-        return Path(data)
-    folder = sample_data_dir()
-    if (folder / "brats").is_dir() and (folder / "predictions").is_dir():
-        return folder
-    # An installed (non-editable) package has no sample_data/: rebuild it, seeded.
-    import tempfile
-
-    folder = Path(tempfile.gettempdir()) / "calibkit-sample-data"
-    if not (folder / "predictions").is_dir():
-        announce(f"generate the sample data (seed 0) into {folder}")
-        generate_sample_data(folder)
-    return folder
+    if data is None and (sample_data_dir() / "predictions").is_dir():
+        data = sample_data_dir()
+    if data is None:
+        # An installed (non-editable) package has no sample_data/: rebuild the seeded part.
+        folder = cached_sample_data(
+            on_generate=lambda where: announce(
+                f"generate the sample data (seed 0, synthetic models) into {where}"
+            )
+        )
+    else:
+        folder = Path(data)
+    predictions = folder / "predictions"
+    if not predictions.is_dir() and (folder / "synthetic").is_dir():
+        predictions = folder / "synthetic"  # a folder written by python -m calibkit.sample_data
+    return folder / "brats", predictions

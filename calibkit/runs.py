@@ -3,7 +3,7 @@
 A *run* folder is either
 
 * a result folder of ``calibkit evaluate`` (``per_image.csv``), or
-* the paper authors' layout (``../shared/reference/ace-dliris/RUN/``): files
+* the paper authors' layout (``sample_data/reference/ace-dliris/RUN/``): files
   ``ace_raw.csv``, ``ece_raw.csv``, ``mce_raw.csv``, ``mean_dice_raw.csv`` with
   columns ``filename, class0, class1, class2, mean``; three classes are named
   ET, TC, WT (BraTS regions), and ``mean_dice`` is the metric ``dice``.

@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,45 @@ class _Case:
 def sample_data_dir() -> Path:
     """Return the repository's committed ``sample_data/`` folder."""
     return Path(__file__).parents[1] / "sample_data"
+
+
+def cached_sample_data(*, seed: int = 0, on_generate: Callable[[Path], None] | None = None) -> Path:
+    """Return a generated copy of the sample data in the user's cache, making it once.
+
+    An installed package (``pip install .`` or a wheel) has no repository
+    ``sample_data/``; this rebuilds the seeded part of it (labels and the two
+    synthetic models' maps, not the trained models' maps) into
+    ``$XDG_CACHE_HOME/calibkit/sample_data-VERSION-seedN`` (``~/.cache`` by default).
+    The data is written into a temporary folder beside it and renamed into place
+    when complete, so an interrupted or concurrent generation never leaves a
+    partial copy under the final name.
+
+    Args:
+        seed: seed of the generator.
+        on_generate: called with the destination before generating (not when cached).
+
+    Returns:
+        The folder holding ``brats/`` and ``synthetic/{dsc,dsc_ace}/``.
+    """
+    from calibkit import __version__
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calibkit"
+    folder = cache / f"sample_data-{__version__}-seed{seed}"
+    if folder.is_dir():
+        return folder
+    if on_generate is not None:
+        on_generate(folder)
+    cache.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=cache))
+    try:
+        generate_sample_data(building, seed=seed)
+        os.rename(building, folder)
+    except OSError:
+        if not folder.is_dir():  # not a concurrent generation that finished first
+            raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return folder
 
 
 def case_ids(n_cases: int = N_CASES) -> list[str]:

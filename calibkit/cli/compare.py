@@ -84,8 +84,8 @@ def _number(value: float, spec: str) -> str:
     epilog=(
         "Examples:\n\n"
         "  calibkit compare results/dsc results/dsc_ace\n\n"
-        "  calibkit compare ../shared/reference/ace-dliris/baseline_dice"
-        " ../shared/reference/ace-dliris/hardl1ace_dice --metrics ace,mce --names DSC,DSC+ACE\n\n"
+        "  calibkit compare sample_data/reference/ace-dliris/baseline_dice"
+        " sample_data/reference/ace-dliris/hardl1ace_dice --metrics ace,mce --names DSC,DSC+ACE\n\n"
         "  calibkit compare results/a results/b --test ttest --correction none --out stats.csv"
     ),
 )
@@ -219,7 +219,7 @@ _SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".
     epilog=(
         "Examples:\n\n"
         "  calibkit summarize results/dsc results/dsc_ace --names DSC,DSC+ACE\n\n"
-        "  cd ../shared/reference/ace-dliris && calibkit summarize baseline_ce hardl1ace_ce"
+        "  cd sample_data/reference/ace-dliris && calibkit summarize baseline_ce hardl1ace_ce"
         " baseline_dice hardl1ace_dice baseline_dice_ce hardl1ace_dice_ce --metrics ace\n\n"
         "  calibkit summarize results/* --format latex --out table.tex"
     ),

@@ -18,7 +18,11 @@ def demo_cli(
     ),
     data: Annotated[
         Optional[Path],
-        typer.Option(help="Sample data folder (brats/ and predictions/); default: sample_data/."),
+        typer.Option(
+            help="Sample data folder (brats/ and predictions/ or synthetic/); default: the"
+            " repository's sample_data/, or (calibkit installed without the repository) a"
+            " seeded copy generated once into ~/.cache/calibkit."
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
@@ -32,7 +36,7 @@ def demo_cli(
 
         def step(text: str) -> None:
             if not quiet:
-                stderr.print(f"[dim]·[/] {text}")
+                stderr.print(f"[dim]·[/] {text}", soft_wrap=True)
 
         result = run_demo(out, data=data, step=step)
         if quiet:
