@@ -36,6 +36,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from calibkit import __version__
+
 __all__ = [
     "CASE_PREFIX",
     "MODALITIES",
@@ -112,8 +114,6 @@ def cached_sample_data(*, seed: int = 0, on_generate: Callable[[Path], None] | N
     Returns:
         The folder holding ``brats/`` and ``synthetic/{dsc,dsc_ace}/``.
     """
-    from calibkit import __version__
-
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "calibkit"
     folder = cache / f"sample_data-{__version__}-seed{seed}"
     if folder.is_dir():
