@@ -13,7 +13,9 @@ Without a class a bound applies to the per-case mean over classes (class
 ``mean``), or with ``per_class`` to every class. A NaN statistic fails its bound.
 
 Reports render as JUnit XML (one test case per bound and class) and as Markdown
-(for ``$GITHUB_STEP_SUMMARY``).
+(for ``$GITHUB_STEP_SUMMARY``); values there and in the messages read as
+:func:`calibkit.formatting.format_number` writes them (4 decimals, or 3
+significant figures for small values such as ECE).
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@ over classes. Mean and std (ddof 1) are macro values over cases, NaN cases left
 out (:func:`calibkit.metrics.macro_summary`), exactly as ``summary.csv``.
 
 Rendering is plain text: Markdown, CSV (full precision, runs as rows) or LaTeX
-(booktabs). pandas is imported inside the functions.
+(booktabs). Markdown and LaTeX cells keep the fixed ``decimals`` except where
+those would erase a value: then the pair shows 3 significant figures
+(:func:`calibkit.formatting.format_mean_std` with ``min_digits=1``), so
+``0.13 ± 0.09`` stays as the paper prints it and a mean ECE of 4e-4 reads
+``0.000412 ± 0.000234``, not ``0.00 ± 0.00``. pandas is imported inside the
+functions.
 """
 
 from __future__ import annotations

@@ -240,7 +240,14 @@ def summarize_cli(
         Optional[TableFormatChoice],
         typer.Option("--format", help="markdown (default), csv or latex; or from --out's suffix."),
     ] = None,
-    decimals: Annotated[int, typer.Option(min=0, max=10, help="Decimals shown.")] = 2,
+    decimals: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10,
+            help="Decimals shown; a value they would erase shows 3 significant figures.",
+        ),
+    ] = 2,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Write the tables to this file.")
     ] = None,
