@@ -2,7 +2,8 @@
 
 ``evaluate``, ``compare``, ``gate`` (console, failure lines, JUnit messages and
 the ``$GITHUB_STEP_SUMMARY`` Markdown), ``summarize`` (Markdown and LaTeX), the
-demo and the reliability-diagram labels all print metric values through
+demo, ``fit-temperature``'s ACE table, ``train``'s validation line and the
+reliability-diagram labels all print metric values through
 :func:`format_number` and :func:`format_mean_std`. Files meant for programs (CSV,
 JSON) keep full precision and do not come here.
 
@@ -27,7 +28,7 @@ fewest significant digits those decimals must keep of a value:
 Console tables use ``min_digits=2`` (the default): nothing below 0.01 is shown
 with a single digit at 3 decimals. ``summarize`` honours the ``--decimals`` a user
 asked for and passes ``min_digits=1``, so only values those decimals would erase
-change (``0.00 ± 0.00`` becomes ``0.00041 ± 0.00012``-like text) and the paper's
+change (``0.00 ± 0.00`` becomes ``0.000410 ± 0.000120``) and the paper's
 tables are reproduced cell for cell (``0.13 ± 0.09``).
 
 A ``mean ± std`` pair shares one number of decimals, chosen by the rule for the
