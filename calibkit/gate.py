@@ -13,7 +13,9 @@ Without a class a bound applies to the per-case mean over classes (class
 ``mean``), or with ``per_class`` to every class. A NaN statistic fails its bound.
 
 Reports render as JUnit XML (one test case per bound and class) and as Markdown
-(for ``$GITHUB_STEP_SUMMARY``).
+(for ``$GITHUB_STEP_SUMMARY``); values there and in the messages read as
+:func:`calibkit.formatting.format_number` writes them (4 decimals, or 3
+significant figures for small values such as ECE).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibkit.errors import InputError
+from calibkit.formatting import format_number
 from calibkit.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -211,12 +214,14 @@ class Check:
                 ("min", True): ">=",
                 ("min", False): "<",
             }[b.kind, self.passed]
-            return f"{what} = {self.value:.4f} {relation} {b.limit:g} {option}"
+            return f"{what} = {format_number(self.value, 4)} {relation} {b.limit:g} {option}"
+        baseline = math.nan if self.baseline is None else self.baseline
         delta = self.change if b.kind == "max_increase" else -self.change
         word = "rise" if b.kind == "max_increase" else "fall"
         relation = "<=" if self.passed else ">"
         return (
-            f"{what} = {self.value:.4f} vs baseline {self.baseline:.4f}: {word} {delta:+.4f} "
+            f"{what} = {format_number(self.value, 4)} vs baseline "
+            f"{format_number(baseline, 4)}: {word} {format_number(delta, 4, sign=True)} "
             f"{relation} {b.limit:g} {option}"
         )
 
@@ -433,12 +438,12 @@ def markdown_summary(report: GateReport) -> str:
         "|:---|:---|---:|---:|---:|---:|:---|",
     ]
     for check in report.checks:
-        base = "" if check.baseline is None else f"{check.baseline:.4f}"
-        change = "" if check.baseline is None else f"{check.change:+.4f}"
+        base = "" if check.baseline is None else format_number(check.baseline, 4)
+        change = "" if check.baseline is None else format_number(check.change, 4, sign=True)
         relation = {"max": "≤", "min": "≥", "max_increase": "rise ≤", "max_decrease": "fall ≤"}
         lines.append(
             f"| `{check.bound.metric}` {relation[check.bound.kind]} | {check.class_name} | "
-            f"{check.value:.4f} | {base} | {change} | {check.bound.limit:g} | "
+            f"{format_number(check.value, 4)} | {base} | {change} | {check.bound.limit:g} | "
             f"{'✅ pass' if check.passed else '❌ fail'} |"
         )
     lines += [f"\n> {note}" for note in report.notes]

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from calibkit.binning import BinStats, assign_bins, bin_edges
 from calibkit.errors import CalibkitError, InputError, OutputError
+from calibkit.formatting import MISSING, format_number
 from calibkit.metrics import OverlapCounts, calibration_errors, per_image_mean
 
 if TYPE_CHECKING:
@@ -296,9 +297,7 @@ def _axes_grid(axes: Any, shape: tuple[int, int], what: str) -> npt.NDArray[np.o
 
 
 def _format_value(value: float) -> str:
-    if not np.isfinite(value):
-        return "n/a"
-    return f"{value:.3f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1e}"
+    return format_number(value, 3) if np.isfinite(value) else MISSING
 
 
 # --------------------------------------------------------------------------- loading

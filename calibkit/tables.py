@@ -6,7 +6,12 @@ over classes. Mean and std (ddof 1) are macro values over cases, NaN cases left
 out (:func:`calibkit.metrics.macro_summary`), exactly as ``summary.csv``.
 
 Rendering is plain text: Markdown, CSV (full precision, runs as rows) or LaTeX
-(booktabs). pandas is imported inside the functions.
+(booktabs). Markdown and LaTeX cells keep the fixed ``decimals`` except where
+those would erase a value: then the pair shows 3 significant figures
+(:func:`calibkit.formatting.format_mean_std` with ``min_digits=1``), so
+``0.13 ± 0.09`` stays as the paper prints it and a mean ECE of 4e-4 reads
+``0.000412 ± 0.000234``, not ``0.00 ± 0.00``. pandas is imported inside the
+functions.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from calibkit.formatting import MISSING, format_mean_std
 from calibkit.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -42,7 +48,6 @@ TableFormat = Literal["markdown", "csv", "latex"]
 FORMATS: tuple[TableFormat, ...] = ("markdown", "csv", "latex")
 METRIC_LABELS = {"ace": "ACE", "ece": "ECE", "mce": "MCE", "dice": "Dice"}
 _DIRECTION = {"ace": "lower", "ece": "lower", "mce": "lower", "dice": "higher"}
-_MISSING = "n/a"
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,11 +162,8 @@ def render_summary(summary: RunSummary, fmt: TableFormat, decimals: int = 2) -> 
 
 
 def _cell_text(mean: float, std: float, decimals: int, pm: str) -> str:
-    if np.isnan(mean):
-        return _MISSING
-    if np.isnan(std):
-        return f"{mean:.{decimals}f}"
-    return f"{mean:.{decimals}f}{pm}{std:.{decimals}f}"
+    # min_digits=1: the user's decimals hold unless they would erase the value.
+    return format_mean_std(mean, std, decimals, pm=pm, min_digits=1)
 
 
 def _n_note(summary: RunSummary, metric: str) -> str:
@@ -285,7 +287,7 @@ def summary_latex(summary: RunSummary, decimals: int = 2) -> str:
             for name in summary.classes:
                 mean, std, _ = summary.cell(run, metric, name)
                 text = _cell_text(mean, std, decimals, r" \pm ")
-                cells.append(f"${text}$" if text != _MISSING else "--")
+                cells.append(f"${text}$" if text != MISSING else "--")
             lines.append(_latex_escape(run) + " & " + " & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
         blocks.append("\n".join(lines) + "\n")

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from calibkit.cli.app import app, name_list, stderr, stdout, user_errors
+from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
     from calibkit.gate import GateReport
@@ -199,10 +200,10 @@ def _print_comparison(comparison: "Comparison") -> None:
             str(row["metric"]),
             escape(str(row["class"])),
             str(row["n"]),
-            _number(row["mean_a"], ".4f"),
-            _number(row["mean_b"], ".4f"),
+            format_number(row["mean_a"], 4),
+            format_number(row["mean_b"], 4),
             _number(row["change_pct"], "+.1f"),
-            _number(row["median_diff"], "+.4f"),
+            format_number(row["median_diff"], 4, sign=True),
             _number(row["effect_size"], "+.2f"),
             _p_text(row["p"]),
             _p_text(row["p_adjusted"]),
@@ -239,7 +240,14 @@ def summarize_cli(
         Optional[TableFormatChoice],
         typer.Option("--format", help="markdown (default), csv or latex; or from --out's suffix."),
     ] = None,
-    decimals: Annotated[int, typer.Option(min=0, max=10, help="Decimals shown.")] = 2,
+    decimals: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10,
+            help="Decimals shown; a value they would erase shows 3 significant figures.",
+        ),
+    ] = 2,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Write the tables to this file.")
     ] = None,
@@ -406,9 +414,9 @@ def _print_gate(report: "GateReport") -> None:
         table.add_row(
             f"{check.bound.metric} {relation[check.bound.kind]}",
             escape(check.class_name),
-            _number(check.value, ".4f"),
-            "" if check.baseline is None else _number(check.baseline, ".4f"),
-            "" if check.baseline is None else _number(check.change, "+.4f"),
+            format_number(check.value, 4),
+            "" if check.baseline is None else format_number(check.baseline, 4),
+            "" if check.baseline is None else format_number(check.change, 4, sign=True),
             f"{check.bound.limit:g}",
             str(check.n),
             "[green]pass[/]" if check.passed else "[bold red]FAIL[/]",

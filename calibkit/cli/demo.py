@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from calibkit.cli.app import app, stderr, stdout, user_errors
+from calibkit.formatting import format_number
 
 
 @app.command(
@@ -43,7 +44,9 @@ def demo_cli(
             return
         stdout.print(
             "\nmean ACE over cases: "
-            + ", ".join(f"{name} {value:.3f}" for name, value in result.mean_ace.items())
+            + ", ".join(
+                f"{name} {format_number(value, 3)}" for name, value in result.mean_ace.items()
+            )
             + f"  (fitted temperature {result.temperature:.2f})\n"
         )
         for label, path in result.outputs:

@@ -18,6 +18,7 @@ from calibkit.cli.app import (
     stdout,
     user_errors,
 )
+from calibkit.formatting import format_mean_std, format_number
 
 if TYPE_CHECKING:
     from calibkit.evaluate import Evaluation
@@ -183,9 +184,9 @@ def _print_summary(evaluation: "Evaluation") -> None:
     rows = {(row["class"], row["metric"]): row for row in evaluation.summary.to_dict("records")}
     for name in [*evaluation.class_names, "mean"]:
         cells = [
-            f"{rows[name, metric]['mean']:.3f} ± {rows[name, metric]['std']:.3f}"
+            format_mean_std(rows[name, metric]["mean"], rows[name, metric]["std"], 3)
             for metric in ("ace", "ece", "mce", "dice")
         ]
-        cells.append(f"{rows[name, 'ace']['pooled']:.3f}")
+        cells.append(format_number(rows[name, "ace"]["pooled"], 3))
         table.add_row(name, *cells)
     stdout.print(table)

@@ -17,6 +17,7 @@ from calibkit.cli.app import (
     stdout,
     user_errors,
 )
+from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
     from calibkit.calibrate import FolderTemperature
@@ -150,10 +151,10 @@ def _print_fit(result: "FolderTemperature") -> None:
     for name in [*result.class_names, "mean"]:
         table.add_row(
             name,
-            f"{result.ace_before[name]:.4f}",
-            f"{result.ace_after[name]:.4f}",
-            f"{result.ace_pooled_before[name]:.4f}",
-            f"{result.ace_pooled_after[name]:.4f}",
+            format_number(result.ace_before[name], 4),
+            format_number(result.ace_after[name], 4),
+            format_number(result.ace_pooled_before[name], 4),
+            format_number(result.ace_pooled_after[name], 4),
         )
     stdout.print(table)
 

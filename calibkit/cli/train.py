@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from calibkit.cli.app import app, case_progress, show_progress, stderr, stdout, user_errors
+from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -150,7 +151,7 @@ def train_cli(
         if not quiet:
             best = (
                 f"best.pt from epoch {result.best_epoch} (mean validation Dice "
-                f"{result.best_dice:.3f})"
+                f"{format_number(result.best_dice)})"
                 if result.best_epoch is not None
                 else "no best.pt (no validation cases)"
             )
@@ -180,11 +181,11 @@ def _describe(row: Mapping[str, Any]) -> str:
     if terms:
         parts[0] += f" ({', '.join(terms)})"
     if "val_dice_mean" in row:
-        regions = " ".join(f"{r} {row[f'val_dice_{r}']:.3f}" for r in ("ET", "TC", "WT"))
+        regions = " ".join(f"{r} {format_number(row[f'val_dice_{r}'])}" for r in ("ET", "TC", "WT"))
         parts.append(
-            f"val Dice {row['val_dice_mean']:.3f} [{regions}] ACE {row['val_ace_mean']:.3f} "
-            f"ECE {row['val_ece_mean']:.4f} MCE {row['val_mce_mean']:.3f}"
-            + ("  *best*" if row.get("best") else "")
+            f"val Dice {format_number(row['val_dice_mean'])} [{regions}] "
+            f"ACE {format_number(row['val_ace_mean'])} ECE {format_number(row['val_ece_mean'], 4)} "
+            f"MCE {format_number(row['val_mce_mean'])}" + ("  *best*" if row.get("best") else "")
         )
     parts.append(f"{row['seconds']:.1f} s")
     return "  ".join(parts)
