@@ -249,6 +249,7 @@ def write_report(
     import numpy as np
     import pandas as pd
 
+    from calibkit.formatting import format_mean_std
     from calibkit.plots import write_reliability_histogram
     from calibkit.runs import load_run
     from calibkit.stats import align_pairs, paired_test
@@ -278,10 +279,7 @@ def write_report(
     ]
     for name, loss in LOSSES.items():
         rows = table[table["loss_name"] == name]
-        digits = {m: 4 if m == "ece" else 3 for m in METRICS}  # ECE is small: background
-        cells = [
-            f"{rows[m].mean():.{digits[m]}f} ± {rows[m].std(ddof=1):.{digits[m]}f}" for m in METRICS
-        ]
+        cells = [format_mean_std(rows[m].mean(), rows[m].std(ddof=1)) for m in METRICS]
         change, p_ace, p_dice = "", "", ""
         if name != "dsc":
             tests = {}
