@@ -252,3 +252,30 @@ def test_gate_prints_small_values(
     text = summary.read_text()
     assert "| `ece` ≤ | mean | 0.000465 |  |  | 0.0003 | ❌ fail |" in text
     assert "| `ece` rise ≤ | mean | 0.000465 | 0.000485 | -2.00e-05 | 0.001 | ✅ pass |" in text
+
+
+@pytest.mark.parametrize("command", ["evaluate", "compare"])
+def test_tables_wrap_rather_than_cut_numbers_on_a_narrow_terminal(
+    command: str, runs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an 80-column terminal a cell wraps onto a second line; no value is cut to '0.…'."""
+    from calibkit.cli.app import stdout as console
+
+    monkeypatch.setattr(console, "width", 80)
+    if command == "evaluate":
+        args: tuple[str | Path, ...] = (
+            *("evaluate", SAMPLE_DATA / "predictions" / "dsc", SAMPLE_DATA / "brats"),
+            *("--preset", "brats", "--out", tmp_path / "out"),
+        )
+    else:
+        args = ("compare", *runs)
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert "…" not in stdout
+    lines = [line for line in stdout.splitlines() if line.startswith(("│", "┃"))]
+    if command == "evaluate":  # fits in 80 columns: the mean row's ECE wraps after its ±
+        assert lines and max(len(line) for line in lines) <= 80
+        assert "0.000445 ±" in stdout and "0.000234" in stdout
+    else:  # eleven columns cannot: printed at natural width, every number whole
+        rows = {(row[0], row[1]): row for row in table_rows(stdout)}
+        assert rows["ece", "tumour"][3:7] == ["0.000465", "0.000485", "+4.3", "+2.00e-05"]

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from calibkit import __version__
 from calibkit.errors import CalibkitError
@@ -46,6 +46,27 @@ class ActivationName(str, Enum):
 # Piped output has no terminal width: keep table rows on one line in logs.
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True, highlight=False)
+
+
+def print_table(table: RenderableType) -> None:
+    """Print a rich table whole, never with a number cut to ``0.…``.
+
+    Cells wrap at spaces when the terminal is narrow (``0.185 ±`` over ``0.056``).
+    Where rich would still have to cut a cell, the table is printed at its natural
+    width instead, and the terminal folds its lines.
+    """
+    with stdout.capture() as trial:
+        stdout.print(table)
+    if "…" not in trial.get():
+        stdout.print(table)
+        return
+    width = stdout.width
+    # print() never renders wider than the console's own width: widen it for this table.
+    stdout.width = stdout.measure(table, options=stdout.options.update_width(10_000)).maximum
+    try:
+        stdout.print(table, crop=False)
+    finally:
+        stdout.width = width
 
 
 def _version(value: bool) -> None:

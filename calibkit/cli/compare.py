@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from calibkit.cli.app import app, name_list, stderr, stdout, user_errors
+from calibkit.cli.app import app, name_list, print_table, stderr, stdout, user_errors
 from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def _print_comparison(comparison: "Comparison") -> None:
     headings = ["metric", "class", "n", "mean A", "mean B", "change %", "median Δ", "r", "p"]
     headings += ["p adj", "left out"]
     for i, heading in enumerate(headings):
-        table.add_column(heading, justify="left" if i < 2 or i == 10 else "right", no_wrap=True)
+        table.add_column(heading, justify="left" if i < 2 or i == 10 else "right")
     for row in rows:
         left_out = [
             f"{row['n_nan']} NaN" if row["n_nan"] else "",
@@ -209,7 +209,7 @@ def _print_comparison(comparison: "Comparison") -> None:
             _p_text(row["p_adjusted"]),
             ", ".join(part for part in left_out if part) or "-",
         )
-    stdout.print(table)
+    print_table(table)
 
 
 _SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".tex": "latex"}
@@ -421,4 +421,4 @@ def _print_gate(report: "GateReport") -> None:
             str(check.n),
             "[green]pass[/]" if check.passed else "[bold red]FAIL[/]",
         )
-    stdout.print(table)
+    print_table(table)

@@ -13,6 +13,7 @@ from calibkit.cli.app import (
     case_progress,
     int_list,
     name_list,
+    print_table,
     show_progress,
     stderr,
     stdout,
@@ -178,9 +179,9 @@ def _print_summary(evaluation: "Evaluation") -> None:
         "mean ± std over cases, and pooled",
         title_justify="left",
     )
-    table.add_column("class", no_wrap=True)
+    table.add_column("class")
     for heading in ("ACE", "ECE", "MCE", "Dice", "pooled ACE"):
-        table.add_column(heading, justify="right", no_wrap=True)
+        table.add_column(heading, justify="right")
     rows = {(row["class"], row["metric"]): row for row in evaluation.summary.to_dict("records")}
     for name in [*evaluation.class_names, "mean"]:
         cells = [
@@ -189,4 +190,4 @@ def _print_summary(evaluation: "Evaluation") -> None:
         ]
         cells.append(format_number(rows[name, "ace"]["pooled"], 3))
         table.add_row(name, *cells)
-    stdout.print(table)
+    print_table(table)

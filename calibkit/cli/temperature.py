@@ -12,6 +12,7 @@ from calibkit.cli.app import (
     case_progress,
     int_list,
     name_list,
+    print_table,
     show_progress,
     stderr,
     stdout,
@@ -145,9 +146,9 @@ def _print_fit(result: "FolderTemperature") -> None:
     table = Table(
         title="ACE on the sampled voxels: mean over cases, and pooled", title_justify="left"
     )
-    table.add_column("class", no_wrap=True)
+    table.add_column("class")
     for heading in ("ACE before", "ACE after", "pooled before", "pooled after"):
-        table.add_column(heading, justify="right", no_wrap=True)
+        table.add_column(heading, justify="right")
     for name in [*result.class_names, "mean"]:
         table.add_row(
             name,
@@ -156,7 +157,7 @@ def _print_fit(result: "FolderTemperature") -> None:
             format_number(result.ace_pooled_before[name], 4),
             format_number(result.ace_pooled_after[name], 4),
         )
-    stdout.print(table)
+    print_table(table)
 
 
 @app.command(
