@@ -436,3 +436,13 @@ def test_an_os_error_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert_user_error(code, stderr, f"{tmp_path / 'x'}: input/output error")
     result = run("evaluate", tmp_path, tmp_path, "--out", tmp_path / "out", "--debug")
     assert result[0] == 1 and "error:" not in result[2]  # --debug: the exception itself
+
+
+def test_error_line_keeps_brackets_in_paths(tmp_path: Path) -> None:
+    """A path is printed as it is, not read as rich markup (which dropped ``[bold]``)."""
+    blocker = tmp_path / "runs[red]" / "a[bold]file"
+    blocker.parent.mkdir()
+    blocker.write_text("x")
+    inputs = tmp_path / "inputs"
+    code, _, stderr = run("evaluate", inputs, inputs, "--out", blocker / "out")
+    assert_user_error(code, stderr, f"{blocker / 'out'}: {blocker} is a file, not a folder")

@@ -75,7 +75,9 @@ def user_errors(debug: bool) -> Iterator[None]:
     except CalibkitError as error:
         if debug:
             raise
-        stderr.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True, highlight=False)
+        # Escaped: a path such as "runs[1]" is text, not rich markup.
+        message = escape(str(error))
+        stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print("interrupted; finished cases are kept where a command supports --resume")
