@@ -38,8 +38,8 @@ from calibkit.classes import (
     resolve_classes,
     unexpected_labels,
 )
-from calibkit.errors import CalibkitError, InputError, OutputError
-from calibkit.io.atomic import atomic_write_text
+from calibkit.errors import CalibkitError, InputError, OutputError, WriteError
+from calibkit.io.atomic import atomic_write_text, unwritable_reason, write_error
 from calibkit.io.pairing import CasePair, find_predictions, pair_cases
 from calibkit.io.volumes import (
     NIFTI_SUFFIXES,
@@ -694,17 +694,27 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False) 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{path}: cannot create {path.parent} ({error.strerror})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write here (permission denied on {path.parent})")
+        raise write_error(path.parent, error) from None
+    reason = unwritable_reason(path.parent)
+    if reason is not None:
+        raise OutputError(f"{path}: cannot write here ({reason} on {path.parent})")
     return path
 
 
 def save_temperature(result: FolderTemperature, path: str | os.PathLike[str]) -> Path:
-    """Write ``result.record()`` as JSON, atomically. Returns the path."""
+    """Write ``result.record()`` as JSON, atomically. Returns the path.
+
+    Raises:
+        WriteError: the file cannot be written (disk full, ...); an earlier file
+            under ``path`` keeps its content.
+    """
     path = Path(path)
     text = json.dumps(result.record(), indent=2, allow_nan=False)
-    atomic_write_text(path, text + "\n")
+    earlier = path.exists()
+    try:
+        atomic_write_text(path, text + "\n")
+    except WriteError as error:
+        raise (error.noted("the earlier file is unchanged") if earlier else error) from None
     return path
 
 
@@ -821,6 +831,8 @@ def apply_temperature_folder(
     relative folder under ``out_dir``, its geometry and header, and its storage: uint8
     and uint16 maps stay scaled integers (``scl_slope`` 1/255, 1/65535), anything else
     becomes float32. Every file is written atomically; the inputs are never touched.
+    When a write fails (a full disk, say), the error says how many maps were written
+    before it; the others, and earlier files under their names, are untouched.
 
     Args:
         predictions: folder of probability (or logit) maps.
@@ -850,13 +862,23 @@ def apply_temperature_folder(
     if on_start is not None:
         on_start(len(files))
     storage: dict[str, str] = {}
-    for case_id in sorted(files):
+    for done, case_id in enumerate(sorted(files)):
         source = files[case_id]
         volume = read_prediction(source)
         calibrated = calibrated_probabilities(volume.array, model, options, source)
         storage[case_id] = _storage_of(source)
-        targets[case_id].parent.mkdir(parents=True, exist_ok=True)
-        write_prediction(targets[case_id], calibrated, source, storage=storage[case_id])
+        try:
+            try:
+                targets[case_id].parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise write_error(targets[case_id].parent, error) from None
+            write_prediction(targets[case_id], calibrated, source, storage=storage[case_id])
+        except WriteError as error:
+            # Each map is written atomically: the ones before it are complete, the
+            # others (and an earlier file under this name) untouched.
+            raise error.noted(
+                f"{done} of {len(files)} calibrated map(s) were written before it"
+            ) from None
         if progress is not None:
             progress(case_id)
     return AppliedTemperature(model=model, outputs=targets, storage=storage)
@@ -895,7 +917,10 @@ def _plan_outputs(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{out}: cannot create the folder ({error.strerror})") from None
+        raise write_error(out, error) from None
+    reason = unwritable_reason(out)
+    if reason is not None:
+        raise OutputError(f"{out}: cannot write here ({reason} on {out})")
     return targets
 
 

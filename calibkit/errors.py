@@ -36,3 +36,27 @@ class PairingError(CalibkitError):
 
 class OutputError(CalibkitError):
     """The output location cannot be written safely."""
+
+
+class WriteError(OutputError):
+    """Writing a file failed: the disk is full, read-only, or refuses the file.
+
+    Args:
+        path: the file (its final name, never a temporary one) or folder.
+        problem: what went wrong and what to do about it.
+        errno: the operating system's error number, when there is one.
+    """
+
+    def __init__(self, path: Path | str, problem: str, errno: int | None = None) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.errno = errno
+        super().__init__(f"{path}: {problem}")
+
+    def __reduce__(self) -> tuple[type[WriteError], tuple[Path, str, int | None]]:
+        return (WriteError, (self.path, self.problem, self.errno))
+
+    def noted(self, note: str, path: Path | str | None = None) -> WriteError:
+        """The same error with ``note`` appended (and the file renamed to ``path``)."""
+        where = self.path if path is None else path
+        return WriteError(where, f"{self.problem}; {note}", self.errno)

@@ -40,7 +40,7 @@ from calibkit.classes import (
     resolve_classes,
     unexpected_labels,
 )
-from calibkit.errors import CalibkitError, InputError
+from calibkit.errors import CalibkitError, InputError, WriteError
 from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES, CasePair, pair_cases
 from calibkit.io.volumes import check_geometry, read_label, read_prediction
 from calibkit.metrics import (
@@ -288,12 +288,16 @@ def evaluate_to_folder(
     run continues with ``resume=True``; a lock keeps two processes apart. On bad
     input nothing is left in ``out``. With ``plots=N`` the dataset reliability
     histogram and the diagrams of the N worst-calibrated cases go to ``out/figures``.
+    The tables (and figures) are written beside any earlier result and replace it
+    only once all are complete; when a write fails (a full disk, say) the earlier
+    result stays as it was, and so do the finished cases, for ``resume=True``.
 
     Returns:
         The evaluation and the paths of the files written.
     """
+    from calibkit.io.atomic import staged_folder
     from calibkit.io.checkpoint import CaseStore
-    from calibkit.io.results import prepare_output_dir, save_evaluation
+    from calibkit.io.results import prepare_output_dir, write_result_files
 
     options = options or EvaluationOptions()
     out_dir = Path(out)
@@ -314,15 +318,25 @@ def evaluate_to_folder(
                 on_start=on_start,
                 store=store,
             )
+        except WriteError:
+            raise  # a case could not be stored: the finished ones stay for --resume
         except CalibkitError:
             store.discard()
             raise
-        paths = save_evaluation(evaluation, out_dir)
-        store.finish()
-    if plots is not None:
-        from calibkit.plots import write_evaluation_figures
+        # Tables and figures are staged beside an earlier result and replace it together.
+        try:
+            with staged_folder(out_dir) as staging:
+                written = write_result_files(evaluation, staging)
+                if plots is not None:
+                    from calibkit.plots import save_evaluation_figures
 
-        paths += write_evaluation_figures(out_dir, n_worst=plots)
+                    written += save_evaluation_figures(
+                        staging, staging, n_worst=plots, label=out_dir.resolve().name
+                    )
+        except WriteError as error:
+            raise error.noted(store.resume_note()) from None
+        paths = [out_dir / path.relative_to(staging) for path in written]
+        store.finish()
     return evaluation, paths
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "counts_need_log_scale",
     "dataset_reliability_matrix",
     "figure_format",
+    "save_evaluation_figures",
     "save_figure",
     "worst_calibrated_cases",
     "write_calibration_scatter",
@@ -252,7 +253,7 @@ def save_figure(figure: Figure, path: PathLike, *, close: bool = True) -> Path:
     """
     import matplotlib
 
-    from calibkit.io.atomic import atomic_write_bytes
+    from calibkit.io.atomic import atomic_write_bytes, write_error
 
     out = Path(path)
     fmt = figure_format(out)
@@ -264,7 +265,7 @@ def save_figure(figure: Figure, path: PathLike, *, close: bool = True) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{out}: cannot create its folder ({error.strerror or error})") from None
+        raise write_error(out.parent, error) from None
     atomic_write_bytes(out, buffer.getvalue())
     return out
 
@@ -1204,37 +1205,84 @@ def write_calibration_scatter(
 
 
 def write_evaluation_figures(
-    result_dir: PathLike, *, n_worst: int = 3, formats: Sequence[str] = ("png",)
+    result_dir: PathLike,
+    *,
+    n_worst: int = 3,
+    formats: Sequence[str] = ("png",),
+    label: str | None = None,
 ) -> list[Path]:
     """Figures of one result folder, written into ``result_dir / "figures"``.
 
     Writes ``reliability_histogram.<fmt>`` and ``reliability_diagram_<case>.<fmt>``
-    for the ``n_worst`` cases with the largest per-case mean ACE.
+    for the ``n_worst`` cases with the largest per-case mean ACE. The figures
+    appear together or not at all (they are staged first), so a full disk leaves
+    the earlier figures as they were.
 
     Args:
         result_dir: a folder written by ``calibkit evaluate``.
         n_worst: number of worst-calibrated cases to draw.
         formats: file formats, from ``png``, ``pdf``, ``svg``.
+        label: the name of the run in the histogram (default: the folder's name).
+
+    Returns:
+        The paths written, the histogram first.
+
+    Raises:
+        WriteError: a figure cannot be written; nothing in the folder changed.
+    """
+    from calibkit.io.atomic import staged_folder
+
+    folder = Path(result_dir)
+    with staged_folder(folder) as staging:
+        written = save_evaluation_figures(
+            folder, staging, n_worst=n_worst, formats=formats, label=label
+        )
+    return [folder / path.relative_to(staging) for path in written]
+
+
+def save_evaluation_figures(
+    result_dir: PathLike,
+    target: PathLike,
+    *,
+    n_worst: int = 3,
+    formats: Sequence[str] = ("png",),
+    label: str | None = None,
+) -> list[Path]:
+    """The figures of :func:`write_evaluation_figures`, saved one by one into ``target``.
+
+    They go to ``target / "figures"``, each file atomically, for callers that stage
+    them with other files (``calibkit evaluate --plots`` stages them with the tables).
+
+    Args:
+        result_dir: the folder holding the tables to draw.
+        target: the folder to write ``figures/`` into.
+        n_worst: number of worst-calibrated cases to draw.
+        formats: file formats, from ``png``, ``pdf``, ``svg``.
+        label: the name of the run in the histogram (default: ``result_dir``'s name).
 
     Returns:
         The paths written, the histogram first.
     """
     from calibkit.io.results import load_per_image
 
-    folder = Path(result_dir)
+    folder, figures = Path(result_dir), Path(target) / "figures"
     suffixes = ["." + fmt.lower().lstrip(".") for fmt in formats]
     for suffix in suffixes:
-        figure_format(folder / "figures" / f"check{suffix}")
+        figure_format(figures / f"check{suffix}")
     cases = worst_calibrated_cases(load_per_image(folder), n_worst)
-    histogram = ReliabilityHistogramDisplay.from_evaluation(folder).plot()
+    labels = None if label is None else [label]
+    histogram = ReliabilityHistogramDisplay.from_evaluation(folder, labels=labels).plot()
     diagrams = [ReliabilityDiagramDisplay.from_evaluation(folder, case).plot() for case in cases]
-    written = []
     targets = [("reliability_histogram", histogram.figure_)] + [
         (f"reliability_diagram_{case}", display.figure_)
         for case, display in zip(cases, diagrams, strict=True)
     ]
-    for name, figure in targets:
-        for suffix in suffixes:
-            written.append(save_figure(figure, folder / "figures" / f"{name}{suffix}", close=False))
-        _close(figure)
+    written = []
+    try:
+        for name, figure in targets:
+            for suffix in suffixes:
+                written.append(save_figure(figure, figures / f"{name}{suffix}", close=False))
+    finally:
+        for _, figure in targets:
+            _close(figure)
     return written

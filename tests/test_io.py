@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -528,7 +529,7 @@ def test_write_failure_leaves_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
-    with pytest.raises(OutputError, match=r"p\.nii\.gz: cannot write \(No space left"):
+    with pytest.raises(OutputError, match=r"p\.nii\.gz: cannot write \(no space left on device\)"):
         write_prediction(out, np.zeros((1, 2, 2, 2)))
     assert list(tmp_path.iterdir()) == []
 
@@ -538,11 +539,11 @@ def test_write_failure_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.M
     write_prediction(out, np.full((1, 2, 2, 2), 0.25))
     before = out.read_bytes()
 
-    def broken_save(img: object, filename: object) -> None:
-        Path(str(filename)).write_bytes(b"half a file")
+    def broken_save(img: object, file_map: dict[str, Any]) -> None:
+        file_map["image"].fileobj.write(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nib, "save", broken_save)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", broken_save)
     with pytest.raises(KeyboardInterrupt):
         write_prediction(out, np.full((1, 2, 2, 2), 0.75))
     assert out.read_bytes() == before

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console, RenderableType
+from rich.markup import escape
 
 from calibkit import __version__
 from calibkit.errors import CalibkitError
@@ -95,11 +96,30 @@ def user_errors(debug: bool) -> Iterator[None]:
     except CalibkitError as error:
         if debug:
             raise
-        stderr.print(f"[bold red]error:[/] {error}", soft_wrap=True, markup=True, highlight=False)
+        # Escaped: a path such as "runs[1]" is text, not rich markup.
+        message = escape(str(error))
+        stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print("interrupted; finished cases are kept where a command supports --resume")
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise  # a closed reader of stdout (`| head`): main() ends quietly
+    except OSError as error:
+        # Writers report a full disk and the like as WriteError; this is the net for
+        # any other operating-system error, so that none ends in a traceback.
+        if debug:
+            raise
+        from calibkit.io.atomic import os_error_reason
+
+        where = f"{error.filename}: " if error.filename else ""
+        stderr.print(
+            f"[bold red]error:[/] {escape(where)}{escape(os_error_reason(error))}",
+            soft_wrap=True,
+            markup=True,
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
 
 
 def int_list(text: str | None, option: str) -> tuple[int, ...] | None:

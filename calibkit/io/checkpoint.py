@@ -5,6 +5,10 @@ A killed run (even ``kill -9``) keeps them, and ``--resume`` computes only the
 cases that are missing; the final tables equal an uninterrupted run's because
 they are assembled from the same per-case results, sorted by case id.
 ``OUT/.calibkit.lock`` keeps a second process from writing the same folder.
+
+When the disk fills up (or the folder turns read-only) the run stops with a
+:class:`~calibkit.errors.WriteError` that says so; the cases finished until then
+stay, so the same command with ``--resume`` continues once there is space.
 """
 
 from __future__ import annotations
@@ -21,8 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calibkit.binning import BinStats
-from calibkit.errors import OutputError
-from calibkit.io.atomic import atomic_write_bytes, atomic_write_text
+from calibkit.errors import OutputError, WriteError
+from calibkit.io.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_staging,
+    write_error,
+)
 from calibkit.metrics import OverlapCounts
 
 if TYPE_CHECKING:
@@ -65,12 +74,11 @@ class CaseStore:
             try:
                 self.out.mkdir(parents=True)
             except OSError as error:
-                raise OutputError(
-                    f"{self.out}: cannot create the output folder ({error.strerror})"
-                ) from None
+                raise write_error(self.out, error) from None
             self._created_out = True
         self._take_lock()
         try:
+            remove_stale_staging(self.out)  # of a killed run; the lock keeps others out
             self._check_earlier_run()
         except BaseException:
             self._release()
@@ -99,8 +107,16 @@ class CaseStore:
                     ) from None
                 self.lock_path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(owner + "\n")
+            except OSError as error:  # a read-only folder, say
+                self._release()
+                raise write_error(self.lock_path, error) from None
+            try:
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(owner + "\n")
+            except OSError as error:  # a full disk: the lock file stays empty
+                self.lock_path.unlink(missing_ok=True)
+                self._release()
+                raise write_error(self.lock_path, error) from None
             self._locked = True
             return
         raise OutputError(f"{self.out}: cannot take the lock {self.lock_path}")
@@ -135,13 +151,11 @@ class CaseStore:
                 raise OutputError(
                     f"{self.out}: no unfinished run to resume here; run without --resume"
                 )
-            self.partial.mkdir()
-            atomic_write_text(self.partial / RUN_FILE, json.dumps(self.fingerprint, indent=2))
+            self._start_partial()
             return
         if self.overwrite and not self.resume:
             shutil.rmtree(self.partial)
-            self.partial.mkdir()
-            atomic_write_text(self.partial / RUN_FILE, json.dumps(self.fingerprint, indent=2))
+            self._start_partial()
             return
         if not self.resume:
             raise OutputError(
@@ -158,6 +172,24 @@ class CaseStore:
                 "resume with the same command, or use --overwrite to start again"
             )
 
+    def _start_partial(self) -> None:
+        """Create the store and its ``run.json``, or nothing at all (a full disk)."""
+        try:
+            self.partial.mkdir()
+            atomic_write_text(self.partial / RUN_FILE, json.dumps(self.fingerprint, indent=2))
+        except OSError as error:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise write_error(self.partial, error) from None
+        except BaseException:
+            shutil.rmtree(self.partial, ignore_errors=True)
+            raise
+
+    def resume_note(self) -> str:
+        """What a user can do after a failed write: the finished cases are kept."""
+        done = len(self.done_ids())
+        kept = f"the {done} finished case(s) are kept" if done else "the unfinished run is kept"
+        return f"{kept} in {self.partial}: add --resume to the same command to continue"
+
     def done_ids(self) -> list[str]:
         """Case ids with a stored result."""
         return sorted(path.name[: -len(".npz")] for path in self.partial.glob("*.npz"))
@@ -172,7 +204,12 @@ class CaseStore:
         return results
 
     def save(self, result: CaseResult) -> None:
-        """Store one finished case atomically."""
+        """Store one finished case atomically.
+
+        Raises:
+            WriteError: the case cannot be stored (disk full, ...); the message says
+                that the cases stored before it are kept for ``--resume``.
+        """
         buffer = io.BytesIO()
         np.savez(
             buffer,
@@ -187,7 +224,10 @@ class CaseStore:
             warnings=np.asarray(result.warnings, dtype=str),
             source=np.asarray(str(result.source)),
         )
-        atomic_write_bytes(self.partial / f"{result.case_id}.npz", buffer.getvalue())
+        try:
+            atomic_write_bytes(self.partial / f"{result.case_id}.npz", buffer.getvalue())
+        except WriteError as error:
+            raise error.noted(self.resume_note()) from None
 
     def discard(self) -> None:
         """Remove the partial results (the run failed on bad input)."""

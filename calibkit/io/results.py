@@ -1,15 +1,15 @@
 """Result folders of ``calibkit evaluate``: safe to write, easy to read back.
 
 A result folder holds ``per_image.csv``, ``summary.csv``, ``summary.json`` and
-``bins.npz``. Every file is written atomically, and only after every case was
-computed, so a failed run leaves nothing behind.
+``bins.npz``. They are written only after every case was computed, into a hidden
+staging folder first, and moved into place together once all are complete: a
+failed run (bad input, a full disk) leaves nothing behind and replaces nothing.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from calibkit.binning import BinStats, bin_edges
 from calibkit.errors import InputError, OutputError
-from calibkit.io.atomic import atomic_write_bytes, atomic_write_text
+from calibkit.io.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    staged_folder,
+    unwritable_reason,
+    write_error,
+)
 from calibkit.metrics import OverlapCounts
 
 if TYPE_CHECKING:
@@ -56,8 +62,9 @@ def prepare_output_dir(out: Path, inputs: list[Path], *, overwrite: bool = False
                 "use --overwrite to replace them or choose another --out"
             )
     existing = out if out.is_dir() else _nearest_existing_parent(out)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{out}: cannot write here (permission denied on {existing})")
+    reason = unwritable_reason(existing)
+    if reason is not None:
+        raise OutputError(f"{out}: cannot write here ({reason} on {existing})")
 
 
 def _nearest_existing_parent(path: Path) -> Path:
@@ -72,15 +79,36 @@ def _nearest_existing_parent(path: Path) -> Path:
 def save_evaluation(evaluation: Evaluation, out: Path) -> list[Path]:
     """Write the four result files of an evaluation into ``out`` (created if needed).
 
+    The files appear together or not at all: they are staged beside any earlier
+    result and replace it only once all four are written.
+
     Returns:
         The paths written.
+
+    Raises:
+        WriteError: a file cannot be written (disk full, read-only, ...); ``out``
+            is left as it was.
     """
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"{out}: cannot create the output folder ({error.strerror})") from None
-    paths = [out / name for name in RESULT_FILES]
+        raise write_error(out, error) from None
+    with staged_folder(out) as staging:
+        write_result_files(evaluation, staging)
+    return [out / name for name in RESULT_FILES]
+
+
+def write_result_files(evaluation: Evaluation, folder: Path) -> list[Path]:
+    """Write the four result files into the existing ``folder``, each atomically.
+
+    :func:`save_evaluation` writes them as a set; this is its one-by-one part, for
+    callers that stage more files with them (``calibkit evaluate --plots``).
+
+    Returns:
+        The paths written.
+    """
+    paths = [Path(folder) / name for name in RESULT_FILES]
     per_image_csv, summary_csv, summary_json, bins_npz = paths
     atomic_write_text(per_image_csv, evaluation.per_image.to_csv(index=False))
     atomic_write_text(summary_csv, evaluation.summary.to_csv(index=False))

@@ -570,9 +570,16 @@ def write_prediction(
     img.header.set_slope_inter(1.0 / scale, 0.0)
     img.header["cal_min"] = 0.0
     img.header["cal_max"] = 0.0
+    from nibabel.fileholders import FileHolder
+    from nibabel.openers import ImageOpener
+
     try:
         with atomic_path(path) as tmp:
-            nib.save(img, tmp)
+            # nib.save(img, tmp) writes the same bytes but leaves its (gzip) file open
+            # when a write fails; this closes it, so a full disk gets its space back.
+            with ImageOpener(str(tmp), "wb") as handle:
+                holder = FileHolder(fileobj=handle.fobj)
+                img.to_file_map({"image": holder, "header": holder})
     except OSError as error:
         raise OutputError(f"{path}: cannot write ({error.strerror or error})") from error
 

@@ -6,6 +6,8 @@ normalised as in validation, run through the network with MONAI's
 of the case's first image: the 4-channel softmax (BG, NCR, ED, ET), or with
 ``regions`` the BraTS regions ET, TC, WT (summed channels, SPEC.md §2). Files are
 written atomically; ``calibkit evaluate OUT DATA --preset brats`` pairs them.
+When a write fails (a full disk, say), the error says how many cases were
+written before it; no file is ever left half-written under its final name.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from calibkit import __version__
-from calibkit.errors import CalibkitError, OutputError
-from calibkit.io.atomic import atomic_write_text
+from calibkit.errors import CalibkitError, OutputError, WriteError
+from calibkit.io.atomic import atomic_write_text, unwritable_reason, write_error
 
 if TYPE_CHECKING:
     import torch
@@ -219,7 +221,10 @@ def predict_folder(
     if windows < 1 or not 0.0 <= overlap < 1.0:
         raise CalibkitError("--sw-batch-size must be >= 1 and --sw-overlap in [0, 1)")
     for folder in targets:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise write_error(folder, error) from None
     if on_start is not None:
         on_start(len(dataset.cases))
     files: list[Path] = []
@@ -239,12 +244,19 @@ def predict_folder(
         if regions:
             probabilities = region_probabilities(probabilities)
         target = out / f"{case.case_id}{PREDICTION_SUFFIX}"
-        write_prediction(target, probabilities, loaded_case.reference, storage=storage)
+        try:
+            write_prediction(target, probabilities, loaded_case.reference, storage=storage)
+            if save_logits:
+                logit_path = logits_dir / f"{case.case_id}{PREDICTION_SUFFIX}"
+                write_prediction(
+                    logit_path, logits.numpy(), loaded_case.reference, storage="float32"
+                )
+                logit_files.append(logit_path)
+        except WriteError as error:
+            raise error.noted(
+                f"{len(files)} of {len(dataset.cases)} case(s) were written before it"
+            ) from None
         files.append(target)
-        if save_logits:
-            logit_path = logits_dir / f"{case.case_id}{PREDICTION_SUFFIX}"
-            write_prediction(logit_path, logits.numpy(), loaded_case.reference, storage="float32")
-            logit_files.append(logit_path)
         if progress is not None:
             progress(case.case_id)
     seconds = time.perf_counter() - started
@@ -264,7 +276,12 @@ def predict_folder(
         "case_ids": [case.case_id for case in dataset.cases],
         "seconds": round(seconds, 3),
     }
-    atomic_write_text(out / "predict.json", json.dumps(record, indent=2) + "\n")
+    try:
+        atomic_write_text(out / "predict.json", json.dumps(record, indent=2) + "\n")
+    except WriteError as error:
+        raise error.noted(
+            f"all {len(files)} prediction(s) were written; only this record of the run is missing"
+        ) from None
     return PredictResult(
         out=out,
         files=tuple(files),
@@ -286,6 +303,9 @@ def _check_output(targets: Sequence[Path], data: Path, overwrite: bool) -> None:
             )
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{folder}: exists and is not a folder")
+        reason = unwritable_reason(folder)
+        if reason is not None:
+            raise OutputError(f"{folder}: cannot write here ({reason})")
         if folder.is_dir() and not overwrite:
             present = sorted(folder.glob(f"*{PREDICTION_SUFFIX}"))
             if present:
