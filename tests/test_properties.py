@@ -18,6 +18,11 @@ probabilities = st.one_of(
 )
 
 
+# Every @settings below has derandomize=True: the examples are a function of the test's
+# source, so a run is the same on every machine and does not read or write the
+# .hypothesis example database of the working directory.
+
+
 @st.composite
 def images(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int]:
     n_voxels = draw(st.integers(1, 300))
@@ -32,7 +37,7 @@ def errors_of(p: np.ndarray, y: np.ndarray, n_bins: int) -> np.ndarray:
     return np.stack([errors.ace, errors.ece, errors.mce])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(images())
 def test_errors_lie_in_unit_interval_and_are_ordered(
     case: tuple[np.ndarray, np.ndarray, int],
@@ -44,7 +49,7 @@ def test_errors_lie_in_unit_interval_and_are_ordered(
     assert np.all(ace <= mce + 1e-12)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(images(), st.randoms(use_true_random=False))
 def test_invariant_to_voxel_permutation(case, random) -> None:  # type: ignore[no-untyped-def]
     p, y, n_bins = case
@@ -55,7 +60,7 @@ def test_invariant_to_voxel_permutation(case, random) -> None:  # type: ignore[n
     )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(images(), st.integers(2, 4))
 def test_invariant_to_duplicating_every_voxel(case, copies: int) -> None:  # type: ignore[no-untyped-def]
     p, y, n_bins = case
@@ -63,7 +68,7 @@ def test_invariant_to_duplicating_every_voxel(case, copies: int) -> None:  # typ
     np.testing.assert_allclose(repeated, errors_of(p, y, n_bins), atol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(images())
 def test_numpy_kernels_and_torch_agree(case: tuple[np.ndarray, np.ndarray, int]) -> None:
     p, y, n_bins = case
@@ -87,7 +92,7 @@ def test_perfectly_calibrated_data_tends_to_zero_ace() -> None:
     assert aces[2] < 0.005
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(images())
 def test_hard_loss_equals_the_metric(case: tuple[np.ndarray, np.ndarray, int]) -> None:
     from calibkit.losses import HardL1ACELoss
