@@ -8,10 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
+
+# Hypothesis's timing checks (an example's deadline, slow data generation) depend on
+# how loaded the machine is, not on calibkit: off for every property test.
+settings.register_profile("calibkit", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("calibkit")
 
 
 @pytest.fixture
