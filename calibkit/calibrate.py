@@ -16,221 +16,68 @@ whatever the folder size. A case's sample depends only on ``seed`` and its case 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from calibkit import __version__
+from calibkit._deprecation import moved_names
+from calibkit._version import __version__
 from calibkit.binning import BinStats, bin_statistics
-from calibkit.classes import (
-    ClassPlan,
-    class_probability,
-    class_target,
-    resolve_classes,
-    unexpected_labels,
-)
+from calibkit.cases import calibrated_probabilities, load_case, to_probabilities
+from calibkit.classes import ClassPlan, class_probability, class_target
 from calibkit.errors import CalibkitError, InputError, OutputError, WriteError
-from calibkit.io.atomic import atomic_write_text, unwritable_reason, write_error
+from calibkit.execution import Executor, run_cases
+from calibkit.io.atomic import unwritable_reason, write_error
 from calibkit.io.pairing import CasePair, find_predictions, pair_cases
-from calibkit.io.volumes import (
-    NIFTI_SUFFIXES,
-    check_geometry,
-    read_label,
-    read_prediction,
-    split_suffix,
-    write_prediction,
-)
+from calibkit.io.temperature import FORMAT_VERSION, TEMPERATURE_FORMAT, load_temperature
+from calibkit.io.volumes import NIFTI_SUFFIXES, read_prediction, split_suffix, write_prediction
 from calibkit.metrics import calibration_errors, per_image_mean
+from calibkit.records import EvaluationOptions
 from calibkit.temperature import (
     ACTIVATIONS,
     DEFAULT_BOUNDS,
     PROBABILITY_CLIP,
     TemperatureFit,
+    TemperatureModel,
     apply_temperature,
     fit_temperature,
     logits_from_probabilities,
 )
 
-if TYPE_CHECKING:
-    from calibkit.evaluate import EvaluationOptions
-
 __all__ = [
     "DEFAULT_MAX_VOXELS",
-    "TEMPERATURE_FORMAT",
     "AppliedTemperature",
     "FolderTemperature",
-    "TemperatureModel",
     "apply_temperature_folder",
-    "calibrate_logits",
-    "calibrate_probabilities",
-    "calibrated_probabilities",
     "channel_labels",
-    "check_output_file",
     "fit_temperature_folder",
-    "load_temperature",
-    "save_temperature",
 ]
 
+__getattr__ = moved_names(
+    __name__,
+    {
+        "calibrate_logits": "calibkit.temperature",
+        "calibrate_probabilities": "calibkit.temperature",
+        "check_output_file": "calibkit.io.temperature",
+        "save_temperature": "calibkit.io.temperature",
+    },
+)
+
 DEFAULT_MAX_VOXELS = 2_000_000
-TEMPERATURE_FORMAT = "calibkit-temperature"
-FORMAT_VERSION = 1
 MEAN_KEY = "mean"
 # A softmax map whose channels miss 1 by more than this on average draws a warning.
 _SUM_TOLERANCE = 0.02
 
 ProgressCallback = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class TemperatureModel:
-    """A temperature ready to apply (from :func:`load_temperature` or a fit).
-
-    Attributes:
-        temperature: one value, or one per prediction channel.
-        activation: ``"softmax"`` (over channels) or ``"sigmoid"`` (per channel).
-        n_channels: channel count of the predictions it was fitted for.
-        class_names: the evaluated classes of the fit (informative).
-        input_kind: what the fitted maps held (informative: ``T`` acts on logits either way).
-        source: the file it was read from, if any.
-    """
-
-    temperature: tuple[float, ...]
-    activation: str
-    n_channels: int
-    class_names: tuple[str, ...] = ()
-    input_kind: str = "probabilities"
-    source: Path | None = None
-
-    @property
-    def per_class(self) -> bool:
-        """Whether each channel has its own temperature."""
-        return len(self.temperature) > 1
-
-    def temperatures(self) -> npt.NDArray[np.float32]:
-        """``T`` as float32: a 0-d array, or one value per channel."""
-        values = np.asarray(self.temperature, dtype=np.float32)
-        return values if self.per_class else values.reshape(())
-
-    def describe(self) -> str:
-        """``T = 1.5 (softmax, 4 channels)`` style one-liner."""
-        values = ", ".join(f"{t:.4g}" for t in self.temperature)
-        return f"T = {values} ({self.activation}, {self.n_channels} channels)"
-
-    def check_channels(self, n_channels: int, path: Path | str | None = None) -> None:
-        """Raise :class:`InputError` when a prediction's channel count does not fit.
-
-        Args:
-            n_channels: the prediction's channel count.
-            path: the prediction file, named in the error (else the temperature file).
-        """
-        if n_channels == self.n_channels:
-            return
-        fitted = (
-            f"{self.n_channels} ({', '.join(self.class_names)})"
-            if self.class_names
-            else (str(self.n_channels))
-        )
-        where = f" in {self.source}" if self.source is not None else ""
-        problem = (
-            f"has {n_channels} channel(s) but the temperature{where} was fitted for {fitted}; "
-            "fit a temperature on predictions of the same kind"
-        )
-        raise InputError(path if path is not None else (self.source or "temperature"), problem)
-
-
-def calibrate_probabilities(
-    probabilities: npt.ArrayLike,
-    model: TemperatureModel,
-    *,
-    path: Path | str | None = None,
-) -> npt.NDArray[np.float32]:
-    """Calibrated probabilities ``act(logits(p) / T)`` of a channel-first map.
-
-    Logits are ``log p`` (softmax) or ``logit p`` (sigmoid) after clipping ``p`` to
-    ``[1e-7, 1 - 1e-7]``, so ``T = 1`` changes values by about 1e-7 at most.
-
-    Args:
-        probabilities: ``(C, *spatial)`` probabilities in [0, 1].
-        model: the temperature; ``C`` must equal ``model.n_channels``.
-        path: the prediction file, named in errors.
-
-    Returns:
-        float32 ``(C, *spatial)`` probabilities.
-
-    Raises:
-        InputError: the channel count does not fit the model.
-    """
-    array = np.asarray(probabilities)
-    model.check_channels(int(array.shape[0]) if array.ndim else 0, path)
-    logits = logits_from_probabilities(array, model.activation)  # type: ignore[arg-type]
-    return apply_temperature(logits, model.temperatures(), model.activation, axis=0)  # type: ignore[arg-type]
-
-
-def calibrate_logits(
-    logits: npt.ArrayLike,
-    model: TemperatureModel,
-    *,
-    path: Path | str | None = None,
-) -> npt.NDArray[np.float32]:
-    """Calibrated probabilities ``act(z / T)`` of channel-first logits ``(C, *spatial)``.
-
-    Raises:
-        InputError: the channel count does not fit the model.
-    """
-    array = np.asarray(logits)
-    model.check_channels(int(array.shape[0]) if array.ndim else 0, path)
-    return apply_temperature(array, model.temperatures(), model.activation, axis=0)  # type: ignore[arg-type]
-
-
-def calibrated_probabilities(
-    array: npt.NDArray[np.float32],
-    model: TemperatureModel,
-    options: EvaluationOptions,
-    path: Path,
-    value_range: tuple[float, float] | None = None,
-) -> npt.NDArray[np.float32]:
-    """Calibrated probabilities of one stored prediction, as ``calibkit evaluate`` reads it.
-
-    The drop-in for :func:`calibkit.evaluate.to_probabilities` when a temperature is
-    given: probability maps are validated and clipped as there, then calibrated with
-    :func:`calibrate_probabilities`; logits (``options.input_kind == "logits"``) are
-    divided by ``T`` directly (no clipping).
-
-    Args:
-        array: ``(C, *spatial)`` float32 values as read (may be modified in place).
-        model: the temperature.
-        options: ``input_kind`` and ``activation`` are used.
-        path: the prediction file, named in errors.
-        value_range: the known smallest and largest value (``Volume.value_range``).
-
-    Raises:
-        InputError: bad probabilities, a channel count that does not fit the model, or
-            logits to activate with another activation than the model's.
-    """
-    from calibkit.evaluate import to_probabilities
-
-    if options.input_kind == "logits":
-        if options.activation != model.activation:
-            raise InputError(
-                model.source or path,
-                f"was fitted with a {model.activation} but the logits are read with "
-                f"--activation {options.activation}; use --activation {model.activation}",
-            )
-        return calibrate_logits(array, model, path=path)
-    probabilities = to_probabilities(array, options, path, value_range)
-    return calibrate_probabilities(probabilities, model, path=path)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -335,10 +182,17 @@ class FolderTemperature:
 
 @dataclass(frozen=True)
 class _CaseSample:
+    """What fitting keeps of one case: its sampled voxels, and what it found on the way."""
+
     case_id: str
+    source: Path
+    setup: _Setup  # classes, activation and channel labels, as this case gives them
     logits: npt.NDArray[np.float32]  # (C, k)
     probabilities: npt.NDArray[np.float32]  # (C, k), as evaluate reads them
     labels: npt.NDArray[np.integer]  # (k,)
+    targets: npt.NDArray[Any]  # softmax: (k,) channel index; sigmoid: (C, k) booleans
+    sum_gap: float  # sum over sampled voxels of |sum of channels - 1|
+    notes: tuple[str, ...]
 
 
 def fit_temperature_folder(
@@ -353,6 +207,7 @@ def fit_temperature_folder(
     bounds: tuple[float, float] = DEFAULT_BOUNDS,
     progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> FolderTemperature:
     """Fit a temperature on a validation folder of predictions and labels.
 
@@ -370,6 +225,8 @@ def fit_temperature_folder(
         bounds: search interval for ``T``.
         progress: called with each case id once its voxels are sampled.
         on_start: called once with the number of cases.
+        executor: where the cases are read and sampled (:mod:`calibkit.execution`);
+            default: in this process. The sample, hence ``T``, is the same anywhere.
 
     Returns:
         :class:`FolderTemperature`.
@@ -377,8 +234,6 @@ def fit_temperature_folder(
     Raises:
         CalibkitError: on bad input, naming the file and the problem.
     """
-    from calibkit.evaluate import EvaluationOptions
-
     options = options or EvaluationOptions()
     if int(max_voxels) != max_voxels or max_voxels < 1:
         raise CalibkitError(f"--max-voxels must be a positive integer, got {max_voxels}")
@@ -396,48 +251,29 @@ def fit_temperature_folder(
     if on_start is not None:
         on_start(len(pairs))
     budget = max(1, int(max_voxels) // len(pairs))
-
-    notes: list[str] = []
-    samples: list[_CaseSample] = []
-    targets: list[npt.NDArray[Any]] = []
-    setup: _Setup | None = None
-    sum_gap = 0.0
-    for pair in pairs:
-        prediction = read_prediction(pair.prediction)
-        label = read_label(pair.label)
-        geometry_problem = check_geometry(prediction, label)
-        if geometry_problem is not None:
-            if not options.ignore_geometry:
-                raise InputError(pair.prediction, geometry_problem)
-            notes.append(f"{pair.prediction}: {geometry_problem}")
-        n_channels = int(prediction.array.shape[0])
-        if setup is None:
-            setup = _setup(n_channels, options, activation, pair.prediction)
-        elif n_channels != setup.plan.n_channels:
+    sample_case = partial(
+        _sample_case, options=options, activation=activation, budget=budget, seed=seed
+    )
+    samples = run_cases(
+        sample_case,
+        {pair.case_id: pair for pair in pairs},
+        executor=executor,
+        progress=progress,
+    )
+    if not samples:
+        raise CalibkitError("no cases to fit")
+    setup = samples[0].setup
+    for sample in samples[1:]:
+        if sample.setup.plan.n_channels != setup.plan.n_channels:
             raise InputError(
-                pair.prediction,
-                f"has {n_channels} channel(s) but {pairs[0].prediction} has "
+                sample.source,
+                f"has {sample.setup.plan.n_channels} channel(s) but {samples[0].source} has "
                 f"{setup.plan.n_channels}: every prediction must have the same channels",
             )
-        plan = setup.plan
-        unknown = unexpected_labels(label.array, plan)
-        if unknown:
-            raise InputError(
-                pair.label,
-                f"label values {unknown} are not among the evaluated classes "
-                f"({', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
-            )
-        sample = _sample_case(
-            pair, prediction.array, label.array, options, setup.activation, budget, seed
-        )
-        targets.append(_channel_targets(sample.labels, setup.mapping, setup.activation, pair.label))
-        samples.append(sample)
-        sum_gap += float(np.sum(np.abs(sample.probabilities.sum(axis=0) - 1), dtype=np.float64))
-        if progress is not None:
-            progress(pair.case_id)
-    if setup is None:
-        raise CalibkitError("no cases to fit")
     plan, chosen = setup.plan, setup.activation
+    notes = [note for sample in samples for note in sample.notes]
+    targets = [sample.targets for sample in samples]
+    sum_gap = sum(sample.sum_gap for sample in samples)
 
     logits = np.concatenate([s.logits for s in samples], axis=1)  # (C, N)
     if chosen == "softmax" and options.input_kind == "probabilities":
@@ -507,6 +343,7 @@ def channel_labels(plan: ClassPlan) -> tuple[frozenset[int], ...]:
         CalibkitError: a channel has no class (region maps) or two channels share a label.
 
     Example:
+        >>> from calibkit.classes import resolve_classes
         >>> plan = resolve_classes(4, preset="brats")
         >>> [sorted(labels) for labels in channel_labels(plan)]
         [[0], [1], [2], [3, 4]]
@@ -543,29 +380,15 @@ class _Setup:
 
 
 def _setup(
-    n_channels: int, options: EvaluationOptions, activation: str | None, path: Path
+    plan: ClassPlan, options: EvaluationOptions, activation: str | None, path: Path
 ) -> _Setup:
-    """Classes, activation and channel labels, from the first prediction."""
-    plan = _plan(n_channels, options, path)
+    """Activation and channel labels of a prediction with this class plan."""
     chosen = _choose_activation(activation, options, plan, path)
     try:
         mapping = channel_labels(plan)
     except CalibkitError as error:
         raise InputError(path, str(error)) from None
     return _Setup(plan, chosen, mapping)
-
-
-def _plan(n_channels: int, options: EvaluationOptions, path: Path) -> ClassPlan:
-    try:
-        return resolve_classes(
-            n_channels,
-            classes=options.classes,
-            class_names=options.class_names,
-            include_background=options.include_background,
-            preset=options.preset,
-        )
-    except CalibkitError as error:
-        raise InputError(path, str(error)) from None
 
 
 def _choose_activation(
@@ -593,15 +416,16 @@ def _choose_activation(
 
 def _sample_case(
     pair: CasePair,
-    array: npt.NDArray[np.float32],
-    label: npt.NDArray[np.integer],
+    *,
     options: EvaluationOptions,
-    activation: str,
+    activation: str | None,
     budget: int,
     seed: int,
 ) -> _CaseSample:
-    from calibkit.evaluate import to_probabilities
-
+    """Read one case and keep a seeded sample of its voxels (a task of fitting)."""
+    case = load_case(pair, options)
+    setup = _setup(case.plan, options, activation, pair.prediction)
+    array, label = case.prediction.array, case.label.array
     spatial = tuple(int(n) for n in label.shape)
     n_voxels = int(np.prod(spatial))
     if budget >= n_voxels:
@@ -614,12 +438,23 @@ def _sample_case(
     channels_at: tuple[Any, ...] = (slice(None), *where)
     if options.input_kind == "logits":
         logits = np.ascontiguousarray(array[channels_at], dtype=np.float32)
-        probabilities = apply_temperature(logits, 1.0, activation, axis=0)  # type: ignore[arg-type]
+        probabilities = apply_temperature(logits, 1.0, setup.activation, axis=0)  # type: ignore[arg-type]
     else:
-        full = to_probabilities(array, options, pair.prediction)
+        full = to_probabilities(array, options, pair.prediction, case.prediction.value_range)
         probabilities = np.ascontiguousarray(full[channels_at], dtype=np.float32)
-        logits = logits_from_probabilities(probabilities, activation)  # type: ignore[arg-type]
-    return _CaseSample(pair.case_id, logits, probabilities, label[where])
+        logits = logits_from_probabilities(probabilities, setup.activation)  # type: ignore[arg-type]
+    labels = label[where]
+    return _CaseSample(
+        case_id=pair.case_id,
+        source=pair.prediction,
+        setup=setup,
+        logits=logits,
+        probabilities=probabilities,
+        labels=labels,
+        targets=_channel_targets(labels, setup.mapping, setup.activation, pair.label),
+        sum_gap=float(np.sum(np.abs(probabilities.sum(axis=0) - 1), dtype=np.float64)),
+        notes=case.notes,
+    )
 
 
 def _channel_targets(
@@ -675,128 +510,6 @@ def _pooled_ace(stats: BinStats, names: Sequence[str]) -> dict[str, float]:
     return result
 
 
-# --------------------------------------------------------------------------- files
-
-
-def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Check, before any work, that ``path`` can take a temperature file.
-
-    Creates the parent folder when missing.
-
-    Raises:
-        OutputError: ``path`` is a folder, exists (without ``overwrite``) or cannot be written.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name such as {path / 't.json'}")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: already exists; use --overwrite to replace it")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise write_error(path.parent, error) from None
-    reason = unwritable_reason(path.parent)
-    if reason is not None:
-        raise OutputError(f"{path}: cannot write here ({reason} on {path.parent})")
-    return path
-
-
-def save_temperature(result: FolderTemperature, path: str | os.PathLike[str]) -> Path:
-    """Write ``result.record()`` as JSON, atomically. Returns the path.
-
-    Raises:
-        WriteError: the file cannot be written (disk full, ...); an earlier file
-            under ``path`` keeps its content.
-    """
-    path = Path(path)
-    text = json.dumps(result.record(), indent=2, allow_nan=False)
-    earlier = path.exists()
-    try:
-        atomic_write_text(path, text + "\n")
-    except WriteError as error:
-        raise (error.noted("the earlier file is unchanged") if earlier else error) from None
-    return path
-
-
-def load_temperature(path: str | os.PathLike[str]) -> TemperatureModel:
-    """Read a temperature file written by ``calibkit fit-temperature``.
-
-    Required fields: ``temperature`` (a positive number, or one per channel),
-    ``activation`` (``"softmax"`` / ``"sigmoid"``) and ``n_channels``; a hand-written
-    ``{"temperature": 1.5, "activation": "softmax", "n_channels": 4}`` is enough.
-
-    Raises:
-        InputError: the file is missing, not JSON, or misses or mangles a field.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "temperature file not found; write it with calibkit fit-temperature")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(path, "is not a text (JSON) file") from None
-    except json.JSONDecodeError as error:
-        raise InputError(
-            path, f"is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
-        ) from None
-    except OSError as error:
-        raise InputError(path, f"cannot be read ({error.strerror})") from None
-    if not isinstance(data, dict):
-        raise InputError(path, "must hold a JSON object with a 'temperature' field")
-    if data.get("format", TEMPERATURE_FORMAT) != TEMPERATURE_FORMAT:
-        raise InputError(path, f"is a {data['format']!r} file, not a temperature file")
-    missing = [key for key in ("temperature", "activation", "n_channels") if key not in data]
-    if missing:
-        raise InputError(
-            path, f"misses field(s) {', '.join(missing)}; write it with calibkit fit-temperature"
-        )
-    activation = data["activation"]
-    if activation not in ACTIVATIONS:
-        raise InputError(path, f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
-    n_channels = data["n_channels"]
-    if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
-        raise InputError(path, f"n_channels must be a positive integer, got {n_channels!r}")
-    if activation == "softmax" and n_channels < 2:
-        raise InputError(path, "a softmax temperature needs n_channels >= 2")
-    temperature = _read_temperatures(data["temperature"], n_channels, path)
-    classes = data.get("classes", [])
-    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
-        raise InputError(path, "classes must be a list of names")
-    input_kind = data.get("input_kind", "probabilities")
-    if input_kind not in ("probabilities", "logits"):
-        raise InputError(
-            path, f"input_kind must be 'probabilities' or 'logits', got {input_kind!r}"
-        )
-    return TemperatureModel(
-        temperature=temperature,
-        activation=activation,
-        n_channels=n_channels,
-        class_names=tuple(classes),
-        input_kind=input_kind,
-        source=path,
-    )
-
-
-def _read_temperatures(value: Any, n_channels: int, path: Path) -> tuple[float, ...]:
-    values = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and len(values) not in (1, n_channels):
-        raise InputError(
-            path,
-            f"has {len(values)} temperatures for n_channels = {n_channels}; give one or "
-            f"{n_channels}",
-        )
-    numbers: list[float] = []
-    for item in values:
-        if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise InputError(
-                path, f"temperature must be a number or a list of numbers, got {item!r}"
-            )
-        if not (math.isfinite(item) and item > 0):
-            raise InputError(path, f"temperature must be positive and finite, got {item!r}")
-        numbers.append(float(item))
-    return tuple(numbers)
-
-
 # --------------------------------------------------------------------------- applying
 
 
@@ -824,6 +537,7 @@ def apply_temperature_folder(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> AppliedTemperature:
     """Write calibrated probability maps of every prediction in a folder.
 
@@ -843,13 +557,13 @@ def apply_temperature_folder(
         overwrite: replace outputs that already exist.
         progress: called with each case id once written.
         on_start: called once with the number of cases.
+        executor: where the maps are calibrated and written (:mod:`calibkit.execution`);
+            default: in this process.
 
     Raises:
         CalibkitError: bad input (a channel count that does not fit the model, nnU-Net
             ``.npz`` files, which have no geometry), or an unusable ``out_dir``.
     """
-    from calibkit.evaluate import EvaluationOptions
-
     options = options or EvaluationOptions()
     model = (
         temperature if isinstance(temperature, TemperatureModel) else load_temperature(temperature)
@@ -861,27 +575,45 @@ def apply_temperature_folder(
     targets = _plan_outputs(pred_dir, files, out, overwrite)
     if on_start is not None:
         on_start(len(files))
-    storage: dict[str, str] = {}
-    for done, case_id in enumerate(sorted(files)):
-        source = files[case_id]
-        volume = read_prediction(source)
-        calibrated = calibrated_probabilities(volume.array, model, options, source)
-        storage[case_id] = _storage_of(source)
-        try:
-            try:
-                targets[case_id].parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise write_error(targets[case_id].parent, error) from None
-            write_prediction(targets[case_id], calibrated, source, storage=storage[case_id])
-        except WriteError as error:
-            # Each map is written atomically: the ones before it are complete, the
-            # others (and an earlier file under this name) untouched.
-            raise error.noted(
-                f"{done} of {len(files)} calibrated map(s) were written before it"
-            ) from None
+    written: list[str] = []
+
+    def finished(case_id: str) -> None:
+        written.append(case_id)
         if progress is not None:
             progress(case_id)
-    return AppliedTemperature(model=model, outputs=targets, storage=storage)
+
+    try:
+        storage = run_cases(
+            partial(_apply_to_case, model=model, options=options),
+            {case_id: (files[case_id], targets[case_id]) for case_id in sorted(files)},
+            executor=executor,
+            progress=finished,
+        )
+    except WriteError as error:
+        # Each map is written atomically: the ones before it are complete, the
+        # others (and an earlier file under this name) untouched.
+        raise error.noted(
+            f"{len(written)} of {len(files)} calibrated map(s) were written before it"
+        ) from None
+    return AppliedTemperature(
+        model=model, outputs=targets, storage=dict(zip(sorted(files), storage, strict=True))
+    )
+
+
+def _apply_to_case(
+    files: tuple[Path, Path], *, model: TemperatureModel, options: EvaluationOptions
+) -> str:
+    """Write the calibrated map of one prediction file; return its storage type."""
+    source, target = files
+    volume = read_prediction(source)
+    calibrated = calibrated_probabilities(volume.array, model, options, source)
+    storage = _storage_of(source)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise write_error(target.parent, error) from None
+    write_prediction(target, calibrated, source, storage=storage)
+    return storage
 
 
 def _plan_outputs(

@@ -14,7 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from calibkit.calibrate import fit_temperature_folder
 from calibkit.errors import OutputError
+from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
+from calibkit.io.atomic import atomic_write_text
+from calibkit.io.temperature import save_temperature
+from calibkit.plots import (
+    write_calibration_scatter,
+    write_evaluation_figures,
+    write_reliability_histogram,
+)
+from calibkit.runs import compare_runs
+from calibkit.sample_data import cached_sample_data, sample_data_dir
+from calibkit.tables import render_summary, summarize_folders
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,16 +72,6 @@ def run_demo(
     Returns:
         :class:`DemoResult`.
     """
-    from calibkit.calibrate import fit_temperature_folder, save_temperature
-    from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
-    from calibkit.io.atomic import atomic_write_text
-    from calibkit.plots import (
-        write_calibration_scatter,
-        write_evaluation_figures,
-        write_reliability_histogram,
-    )
-    from calibkit.runs import compare_runs
-    from calibkit.tables import render_summary, summarize_folders
 
     def announce(text: str) -> None:
         if step is not None:
@@ -155,8 +157,6 @@ def _demo_inputs(
     data: str | os.PathLike[str] | None, announce: Callable[[str], None]
 ) -> tuple[Path, Path]:
     """The label folder and the folder holding the ``dsc/`` and ``dsc_ace/`` predictions."""
-    from calibkit.sample_data import cached_sample_data, sample_data_dir
-
     if data is None and (sample_data_dir() / "predictions").is_dir():
         data = sample_data_dir()
     if data is None:

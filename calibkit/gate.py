@@ -32,6 +32,7 @@ import numpy.typing as npt
 from calibkit.errors import InputError
 from calibkit.formatting import format_number
 from calibkit.metrics import METRICS
+from calibkit.runs import MEAN_CLASS, load_run
 
 if TYPE_CHECKING:
     from calibkit.runs import Run
@@ -289,7 +290,6 @@ def check_run(
         ValueError: no bounds, a relative bound without baseline, unknown statistic.
         InputError: a run lacks a metric or a class named by a bound.
     """
-    from calibkit.runs import MEAN_CLASS
 
     if statistic not in STATISTICS:
         raise ValueError(f"unknown statistic {statistic!r}; use mean or median")
@@ -367,7 +367,6 @@ def gate_folder(
 
     See :func:`check_run`.
     """
-    from calibkit.runs import load_run
 
     run = load_run(folder)
     baseline = None

@@ -27,7 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from calibkit.errors import InputError
-from calibkit.metrics import METRICS
+from calibkit.io.results import load_per_image
+from calibkit.metrics import METRICS, per_image_mean
+from calibkit.stats import compare_tables
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,9 +149,6 @@ def load_runs(folders: Sequence[Path | str], names: Sequence[str] | None = None)
 def _load_calibkit(folder: Path, name: str) -> Run:
     import pandas as pd
 
-    from calibkit.io.results import load_per_image
-    from calibkit.metrics import per_image_mean
-
     table = load_per_image(folder)
     path = folder / "per_image.csv"
     _check_unique(table, ["case_id", "class"], path)
@@ -212,8 +211,6 @@ def _load_paper(folder: Path, name: str) -> Run:
         if "mean" in table.columns:
             mean = _numeric(table["mean"], path, "mean")
         else:
-            from calibkit.metrics import per_image_mean
-
             mean = per_image_mean(values)
         wide = pd.DataFrame(np.column_stack([values, mean]), columns=[*names, MEAN_CLASS])
         wide.insert(0, "case_id", table["case_id"].to_numpy())
@@ -336,7 +333,6 @@ def compare_runs(
         InputError: a folder cannot be read, lacks a requested metric, or the runs'
             classes differ.
     """
-    from calibkit.stats import compare_tables
 
     run_a, run_b = load_runs([folder_a, folder_b], names)
     if metrics is None:

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from calibkit import __version__
+from calibkit._version import __version__
 
 __all__ = [
     "CASE_PREFIX",

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from calibkit.formatting import MISSING, format_mean_std
-from calibkit.metrics import METRICS
+from calibkit.metrics import METRICS, macro_summary
+from calibkit.runs import MEAN_CLASS, load_runs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,9 +96,6 @@ def summarize_runs(runs: Sequence[Run], metrics: Sequence[str] | None = None) ->
     """
     import pandas as pd
 
-    from calibkit.metrics import macro_summary
-    from calibkit.runs import MEAN_CLASS
-
     if not runs:
         raise ValueError("no runs to summarise")
     names = [run.name for run in runs]
@@ -145,7 +143,6 @@ def summarize_folders(
         names: display names, one per folder; folder names by default.
         metrics: metrics to summarise; by default every metric all runs hold.
     """
-    from calibkit.runs import load_runs
 
     return summarize_runs(load_runs(folders, names), metrics)
 

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from calibkit.errors import InputError
 
 Activation = Literal["softmax", "sigmoid"]
 ACTIVATIONS: tuple[str, ...] = ("softmax", "sigmoid")
@@ -54,7 +57,10 @@ __all__ = [
     "DEFAULT_BOUNDS",
     "PROBABILITY_CLIP",
     "TemperatureFit",
+    "TemperatureModel",
     "apply_temperature",
+    "calibrate_logits",
+    "calibrate_probabilities",
     "fit_temperature",
     "logits_from_probabilities",
     "temperature_nll",
@@ -480,3 +486,107 @@ def _fit_softmax_per_class(
         options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-9},
     )
     return np.exp(-np.asarray(result.x, dtype=np.float64)), bool(result.success)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class TemperatureModel:
+    """A temperature ready to apply (from :func:`load_temperature` or a fit).
+
+    Attributes:
+        temperature: one value, or one per prediction channel.
+        activation: ``"softmax"`` (over channels) or ``"sigmoid"`` (per channel).
+        n_channels: channel count of the predictions it was fitted for.
+        class_names: the evaluated classes of the fit (informative).
+        input_kind: what the fitted maps held (informative: ``T`` acts on logits either way).
+        source: the file it was read from, if any.
+    """
+
+    temperature: tuple[float, ...]
+    activation: str
+    n_channels: int
+    class_names: tuple[str, ...] = ()
+    input_kind: str = "probabilities"
+    source: Path | None = None
+
+    @property
+    def per_class(self) -> bool:
+        """Whether each channel has its own temperature."""
+        return len(self.temperature) > 1
+
+    def temperatures(self) -> npt.NDArray[np.float32]:
+        """``T`` as float32: a 0-d array, or one value per channel."""
+        values = np.asarray(self.temperature, dtype=np.float32)
+        return values if self.per_class else values.reshape(())
+
+    def describe(self) -> str:
+        """``T = 1.5 (softmax, 4 channels)`` style one-liner."""
+        values = ", ".join(f"{t:.4g}" for t in self.temperature)
+        return f"T = {values} ({self.activation}, {self.n_channels} channels)"
+
+    def check_channels(self, n_channels: int, path: Path | str | None = None) -> None:
+        """Raise :class:`InputError` when a prediction's channel count does not fit.
+
+        Args:
+            n_channels: the prediction's channel count.
+            path: the prediction file, named in the error (else the temperature file).
+        """
+        if n_channels == self.n_channels:
+            return
+        fitted = (
+            f"{self.n_channels} ({', '.join(self.class_names)})"
+            if self.class_names
+            else (str(self.n_channels))
+        )
+        where = f" in {self.source}" if self.source is not None else ""
+        problem = (
+            f"has {n_channels} channel(s) but the temperature{where} was fitted for {fitted}; "
+            "fit a temperature on predictions of the same kind"
+        )
+        raise InputError(path if path is not None else (self.source or "temperature"), problem)
+
+
+def calibrate_probabilities(
+    probabilities: npt.ArrayLike,
+    model: TemperatureModel,
+    *,
+    path: Path | str | None = None,
+) -> npt.NDArray[np.float32]:
+    """Calibrated probabilities ``act(logits(p) / T)`` of a channel-first map.
+
+    Logits are ``log p`` (softmax) or ``logit p`` (sigmoid) after clipping ``p`` to
+    ``[1e-7, 1 - 1e-7]``, so ``T = 1`` changes values by about 1e-7 at most.
+
+    Args:
+        probabilities: ``(C, *spatial)`` probabilities in [0, 1].
+        model: the temperature; ``C`` must equal ``model.n_channels``.
+        path: the prediction file, named in errors.
+
+    Returns:
+        float32 ``(C, *spatial)`` probabilities.
+
+    Raises:
+        InputError: the channel count does not fit the model.
+    """
+    array = np.asarray(probabilities)
+    model.check_channels(int(array.shape[0]) if array.ndim else 0, path)
+    logits = logits_from_probabilities(array, model.activation)  # type: ignore[arg-type]
+    return apply_temperature(logits, model.temperatures(), model.activation, axis=0)  # type: ignore[arg-type]
+
+
+def calibrate_logits(
+    logits: npt.ArrayLike,
+    model: TemperatureModel,
+    *,
+    path: Path | str | None = None,
+) -> npt.NDArray[np.float32]:
+    """Calibrated probabilities ``act(z / T)`` of channel-first logits ``(C, *spatial)``.
+
+    Raises:
+        InputError: the channel count does not fit the model.
+    """
+    array = np.asarray(logits)
+    model.check_channels(int(array.shape[0]) if array.ndim else 0, path)
+    return apply_temperature(array, model.temperatures(), model.activation, axis=0)  # type: ignore[arg-type]

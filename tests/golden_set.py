@@ -112,10 +112,13 @@ def outputs(out: Path) -> dict[str, Path]:
 
 
 def content(path: Path, out: Path) -> bytes:
-    """The file's bytes; in text files the output folder's absolute path reads ``OUT``."""
+    """The file's bytes; in text files the output folder's and the repository's paths
+    read ``OUT`` and ``REPO`` (the demo records the absolute sample data folder), so that
+    the set holds in any clone."""
     data = path.read_bytes()
     if is_text(path.name):
         data = data.replace(str(out.resolve()).encode(), b"OUT")
+        data = data.replace(str(REPO).encode(), b"REPO")
     return data
 
 

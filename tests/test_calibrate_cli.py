@@ -13,8 +13,9 @@ from conftest import SAMPLE_DATA, assert_user_error, modules_imported
 from conftest import run_cli as run
 
 import calibkit.cli.temperature  # noqa: F401  (registers the commands)
-from calibkit.calibrate import calibrate_probabilities, load_temperature
+from calibkit.io.temperature import load_temperature
 from calibkit.io.volumes import read_prediction
+from calibkit.temperature import calibrate_probabilities
 
 DSC = SAMPLE_DATA / "synthetic" / "dsc"  # the over-confident synthetic model
 LABELS = SAMPLE_DATA / "brats"

@@ -112,13 +112,15 @@ def test_workers_give_byte_identical_tables(tmp_path: Path, sample_evaluation) -
 def test_parallel_cases_report_as_each_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Progress (and the resume store) hear of a case when it ends, not when all end.
 
-    Threads stand in for the worker processes so that one case can wait, inside its
-    worker, until the progress of another case has been reported.
+    A pool of threads stands in for the worker processes (the executor takes the
+    pool), so that one case can wait, inside its worker, until the progress of
+    another case has been reported.
     """
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import calibkit.evaluate as evaluate_module
+    from calibkit.execution import PoolExecutor
 
     real_case = evaluate_module.evaluate_case
     first_reported = threading.Event()
@@ -130,12 +132,10 @@ def test_parallel_cases_report_as_each_finishes(monkeypatch: pytest.MonkeyPatch)
         return real_case(pair, options)
 
     monkeypatch.setattr(evaluate_module, "evaluate_case", case_that_waits)
-    monkeypatch.setattr(
-        evaluate_module,
-        "ProcessPoolExecutor",
-        lambda max_workers, mp_context, initializer: ThreadPoolExecutor(max_workers),
+    threads = PoolExecutor(2, pool=ThreadPoolExecutor)
+    evaluate_folders(
+        PREDICTIONS, LABELS, BRATS, executor=threads, progress=lambda _: first_reported.set()
     )
-    evaluate_folders(PREDICTIONS, LABELS, BRATS, workers=2, progress=lambda _: first_reported.set())
     assert held == [True]
 
 
@@ -145,6 +145,7 @@ def test_failure_while_reporting_stops_the_remaining_cases(monkeypatch: pytest.M
     from concurrent.futures import ThreadPoolExecutor
 
     import calibkit.evaluate as evaluate_module
+    from calibkit.execution import PoolExecutor
 
     real_case = evaluate_module.evaluate_case
     started: list[str] = []
@@ -159,13 +160,9 @@ def test_failure_while_reporting_stops_the_remaining_cases(monkeypatch: pytest.M
         raise OSError("disk full")
 
     monkeypatch.setattr(evaluate_module, "evaluate_case", counted_case)
-    monkeypatch.setattr(
-        evaluate_module,
-        "ProcessPoolExecutor",
-        lambda max_workers, mp_context, initializer: ThreadPoolExecutor(max_workers),
-    )
+    threads = PoolExecutor(2, pool=ThreadPoolExecutor)
     with pytest.raises(OSError, match="disk full"):
-        evaluate_folders(PREDICTIONS, LABELS, BRATS, workers=2, progress=failing_progress)
+        evaluate_folders(PREDICTIONS, LABELS, BRATS, executor=threads, progress=failing_progress)
     assert len(started) < 12
 
 
@@ -195,14 +192,14 @@ def test_one_pass_kernel_equals_separate_steps(
 ) -> None:
     """Bins, targets and Dice counts from one compiled pass equal the step-by-step path."""
     pytest.importorskip("numba")
-    import calibkit.evaluate as evaluate_module
+    import calibkit.cases as cases_module
 
     options = EvaluationOptions(preset="brats", dice_threshold=threshold)
-    assert evaluate_module._one_pass_applies(
+    assert cases_module._one_pass_applies(
         np.zeros((1, 3), np.float32), np.zeros(3, np.uint8), options
     )
     fused = evaluate_folders(PREDICTIONS, LABELS, options)
-    monkeypatch.setattr(evaluate_module, "_one_pass_applies", lambda *args: False)
+    monkeypatch.setattr(cases_module, "_one_pass_applies", lambda *args: False)
     separate = evaluate_folders(PREDICTIONS, LABELS, options)
     np.testing.assert_array_equal(fused.bins.count, separate.bins.count)
     np.testing.assert_array_equal(fused.bins.sum_y, separate.bins.sum_y)

@@ -13,24 +13,19 @@ from conftest import SAMPLE_DATA
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit, log_softmax, softmax
 
-from calibkit.calibrate import (
-    TemperatureModel,
-    apply_temperature_folder,
-    calibrate_logits,
-    calibrate_probabilities,
-    calibrated_probabilities,
-    channel_labels,
-    fit_temperature_folder,
-    load_temperature,
-    save_temperature,
-)
+from calibkit.calibrate import apply_temperature_folder, channel_labels, fit_temperature_folder
+from calibkit.cases import calibrated_probabilities, to_probabilities
 from calibkit.classes import resolve_classes
 from calibkit.errors import CalibkitError, InputError, OutputError
-from calibkit.evaluate import EvaluationOptions, to_probabilities
+from calibkit.io.temperature import load_temperature, save_temperature
 from calibkit.io.volumes import read_prediction
+from calibkit.records import EvaluationOptions
 from calibkit.temperature import (
     PROBABILITY_CLIP,
+    TemperatureModel,
     apply_temperature,
+    calibrate_logits,
+    calibrate_probabilities,
     fit_temperature,
     logits_from_probabilities,
     temperature_nll,

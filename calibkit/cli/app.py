@@ -14,7 +14,7 @@ import typer
 from rich.console import Console, RenderableType
 from rich.markup import escape
 
-from calibkit import __version__
+from calibkit._version import __version__
 from calibkit.errors import CalibkitError
 
 app = typer.Typer(
@@ -110,6 +110,7 @@ def user_errors(debug: bool) -> Iterator[None]:
         # any other operating-system error, so that none ends in a traceback.
         if debug:
             raise
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.io.atomic import os_error_reason
 
         where = f"{error.filename}: " if error.filename else ""

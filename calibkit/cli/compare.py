@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from calibkit.cli.app import app, name_list, print_table, stderr, stdout, user_errors
+from calibkit.errors import CalibkitError, OutputError
 from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def compare_cli(
     if suffix not in (None, ".csv", ".json"):
         raise typer.BadParameter("the file name must end in .csv or .json", param_hint="--out")
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.runs import compare_runs
 
         comparison = compare_runs(
@@ -155,6 +157,7 @@ def compare_cli(
 
 
 def _write_comparison(comparison: "Comparison", out: Path) -> None:
+    # Deferred: the library loads when the command runs (a fast calibkit --help).
     import json
 
     from calibkit.io.atomic import atomic_write_text
@@ -264,7 +267,7 @@ def summarize_cli(
     else:
         fmt = "markdown"
     with user_errors(debug):
-        from calibkit.errors import CalibkitError
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.tables import render_summary, summarize_folders
 
         try:
@@ -273,6 +276,7 @@ def summarize_cli(
             raise CalibkitError(str(error)) from None
         text = render_summary(summary, fmt, decimals)  # type: ignore[arg-type]
         if out is not None:
+            # Deferred: the library loads when the command runs (a fast calibkit --help).
             from calibkit.io.atomic import atomic_write_text
 
             atomic_write_text(out, text)
@@ -337,6 +341,7 @@ def gate_cli(
 
     With $GITHUB_STEP_SUMMARY set, a Markdown report is appended to that file.
     """
+    # Deferred: the library loads when the command runs (a fast calibkit --help).
     from calibkit.gate import parse_bounds
 
     try:
@@ -356,6 +361,7 @@ def gate_cli(
             param_hint="--against",
         )
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.gate import gate_folder, junit_xml, markdown_summary
 
         report = gate_folder(
@@ -366,6 +372,7 @@ def gate_cli(
             against=against,
         )
         if junit is not None:
+            # Deferred: the library loads when the command runs (a fast calibkit --help).
             from calibkit.io.atomic import atomic_write_text
 
             atomic_write_text(junit, junit_xml(report))
@@ -385,7 +392,6 @@ def gate_cli(
 
 
 def _append_summary(path: Path, text: str) -> None:
-    from calibkit.errors import OutputError
 
     try:
         with open(path, "a", encoding="utf-8") as handle:

@@ -33,6 +33,7 @@ def demo_cli(
     Prints where every table and figure went.
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.demo import run_demo
 
         def step(text: str) -> None:

@@ -22,7 +22,7 @@ from calibkit.cli.app import (
 from calibkit.formatting import format_mean_std, format_number
 
 if TYPE_CHECKING:
-    from calibkit.evaluate import Evaluation
+    from calibkit.records import Evaluation
 
 
 class Backend(str, Enum):
@@ -130,8 +130,10 @@ def evaluate_cli(
     Writes per_image.csv, summary.csv, summary.json and bins.npz into --out.
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
+        from calibkit.plots import save_evaluation_figures
 
         options = EvaluationOptions(
             n_bins=n_bins,
@@ -151,6 +153,13 @@ def evaluate_cli(
             strict=strict,
             temperature=str(temperature) if temperature is not None else None,
         )
+
+        def figures(staging: Path) -> list[Path]:
+            """The histogram and the worst cases' diagrams, staged with the tables."""
+            return save_evaluation_figures(
+                staging, staging, n_worst=plot_worst, label=out.resolve().name
+            )
+
         with case_progress(show_progress(quiet)) as (on_start, advance):
             evaluation, paths = evaluate_to_folder(
                 predictions,
@@ -160,7 +169,7 @@ def evaluate_cli(
                 workers=workers,
                 resume=resume,
                 overwrite=overwrite,
-                plots=plot_worst if plots else None,
+                extra_files=[figures] if plots else [],
                 progress=advance,
                 on_start=on_start,
             )

@@ -58,6 +58,7 @@ def plot_diagram_cli(
     bin, the diagonal, ACE / ECE / MCE, and the voxels per bin underneath.
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.plots import write_reliability_diagram
 
         path = write_reliability_diagram(
@@ -90,6 +91,7 @@ def plot_histogram_cli(
     falls; a calibrated model keeps to the diagonal. Same colour scale everywhere.
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.plots import write_reliability_histogram
 
         path = write_reliability_histogram(
@@ -127,6 +129,7 @@ def plot_scatter_cli(
 ) -> None:
     """Dice against calibration per case (paper Fig. 3), one colour per folder."""
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.plots import write_calibration_scatter
 
         path = write_calibration_scatter(

@@ -94,9 +94,11 @@ def fit_temperature_cli(
     the calibkit version to --out.
     """
     with user_errors(debug):
-        from calibkit.calibrate import check_output_file, fit_temperature_folder, save_temperature
-        from calibkit.evaluate import EvaluationOptions
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
+        from calibkit.calibrate import fit_temperature_folder
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
+        from calibkit.io.temperature import check_output_file, save_temperature
+        from calibkit.records import EvaluationOptions
 
         options = EvaluationOptions(
             n_bins=n_bins,
@@ -197,9 +199,10 @@ def apply_temperature_cli(
     Same file names, geometry, header and storage type (uint8 stays uint8) as the inputs.
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.calibrate import apply_temperature_folder
-        from calibkit.evaluate import EvaluationOptions
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
+        from calibkit.records import EvaluationOptions
 
         options = EvaluationOptions(
             input_kind=input_kind.value,  # type: ignore[arg-type]

@@ -121,6 +121,7 @@ def train_cli(
     validation Dice over ET/TC/WT).
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.train.config import parse_patch_size
         from calibkit.train.loop import train_from_options
 
@@ -345,6 +346,7 @@ def predict_cli(
     calibkit evaluate OUT DATA --preset brats pairs them with the labels.
     """
     with user_errors(debug):
+        # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.train.config import parse_patch_size
         from calibkit.train.predict import predict_folder
 

@@ -20,7 +20,7 @@ import shutil
 import socket
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +33,7 @@ from calibkit.io.atomic import (
     write_error,
 )
 from calibkit.metrics import OverlapCounts
-
-if TYPE_CHECKING:
-    from calibkit.evaluate import CaseResult
+from calibkit.records import CaseResult
 
 PARTIAL_DIR = ".calibkit-partial"
 LOCK_FILE = ".calibkit.lock"
@@ -239,8 +237,6 @@ class CaseStore:
 
 
 def _read_case(path: Path, case_id: str) -> CaseResult | None:
-    from calibkit.evaluate import CaseResult
-
     try:
         with np.load(path, allow_pickle=False) as data:
             return CaseResult(

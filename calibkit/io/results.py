@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from calibkit.binning import BinStats, bin_edges
 from calibkit.errors import InputError, OutputError
@@ -27,11 +25,10 @@ from calibkit.io.atomic import (
     write_error,
 )
 from calibkit.metrics import OverlapCounts
+from calibkit.records import Evaluation, SavedBins
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from calibkit.evaluate import Evaluation
 
 RESULT_FILES = ("per_image.csv", "summary.csv", "summary.json", "bins.npz")
 
@@ -134,32 +131,6 @@ def _bins_bytes(evaluation: Evaluation) -> bytes:
         bin_edges=bin_edges(evaluation.options.n_bins),
     )
     return buffer.getvalue()
-
-
-@dataclass(frozen=True)
-class SavedBins:
-    """The content of ``bins.npz``: everything plots and pooled numbers need.
-
-    Attributes:
-        stats: per-case, per-class bins, shape ``(cases, classes, M)``.
-        overlap: per-case, per-class Dice counts, shape ``(cases, classes)``.
-        case_ids: case ids along the first axis.
-        class_names: class names along the second axis.
-        bin_edges: the ``M + 1`` float32 edges.
-    """
-
-    stats: BinStats
-    overlap: OverlapCounts
-    case_ids: tuple[str, ...]
-    class_names: tuple[str, ...]
-    bin_edges: npt.NDArray[np.float32]
-
-    def case(self, case_id: str) -> BinStats:
-        """Bins of one case, shape ``(classes, M)``."""
-        try:
-            return self.stats[self.case_ids.index(case_id)]
-        except ValueError:
-            raise InputError(case_id, "no such case in bins.npz") from None
 
 
 def load_bins(folder: Path) -> SavedBins:

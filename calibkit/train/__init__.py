@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from calibkit.errors import CalibkitError
+from calibkit.train.model import require_monai
 
 __all__ = [
     "PredictResult",
@@ -49,13 +49,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'calibkit.train' has no attribute {name!r}")
-
-
-def require_monai() -> None:
-    """Raise a one-line :class:`CalibkitError` when MONAI is missing."""
-    try:
-        import monai  # noqa: F401
-    except ImportError:
-        raise CalibkitError(
-            "training and prediction need MONAI: pip install 'calibkit[train]'"
-        ) from None

@@ -36,9 +36,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from calibkit import __version__
+from calibkit._version import __version__
+from calibkit.cases import case_statistics
+from calibkit.classes import resolve_classes
 from calibkit.errors import CalibkitError, InputError, OutputError
 from calibkit.io.atomic import atomic_path, atomic_write_text
+from calibkit.metrics import calibration_errors, macro_summary, per_image_mean
+from calibkit.records import EvaluationOptions
 from calibkit.train.config import (
     CONFIG_FILE,
     RESUME_OVERRIDABLE,
@@ -48,6 +52,17 @@ from calibkit.train.config import (
     parse_label_map,
     resolve_config,
 )
+from calibkit.train.data import (
+    CLASS_NAMES,
+    SampleBatches,
+    TrainingSamples,
+    find_cases,
+    load_case,
+    make_split,
+    read_split,
+)
+from calibkit.train.model import PAPER_UNET, build_model, read_checkpoint, require_monai
+from calibkit.train.predict import resolve_device, sliding_window_logits
 
 if TYPE_CHECKING:
     import torch
@@ -165,7 +180,6 @@ class ValidationResult:
         ``mean`` is the mean over cases of the per-case NaN-mean over regions, as
         ``calibkit evaluate``'s ``mean`` row.
         """
-        from calibkit.metrics import macro_summary, per_image_mean
 
         row: dict[str, float] = {}
         for metric in VAL_METRICS:
@@ -276,9 +290,8 @@ def train(
     Raises:
         CalibkitError: bad loss spec, data folder, split, or run folder.
     """
-    from calibkit.train import require_monai
-
     require_monai()
+    # Deferred: torch loads only when training starts.
     import torch
 
     from calibkit.losses import build_loss
@@ -322,7 +335,6 @@ def _absolute_paths(config: TrainConfig) -> TrainConfig:
 
 
 def _prepare_data(config: TrainConfig, run_dir: Path, resume: bool) -> tuple[DataSet, Split]:
-    from calibkit.train.data import find_cases, make_split, read_split
 
     label_map = parse_label_map(config.label_map) if config.label_map else None
     dataset = find_cases(config.data, require_labels=True, label_map=label_map)
@@ -396,8 +408,6 @@ class _Distributed:
         """Pick the device; join the process group when there are several processes."""
         import torch
         import torch.distributed as torch_dist
-
-        from calibkit.train.predict import resolve_device
 
         self.device = resolve_device(device_name, self.local_rank)
         if self.device.type == "cuda":
@@ -477,9 +487,6 @@ def _run(
 ) -> TrainResult:
     import torch
     from torch.utils.data import DataLoader
-
-    from calibkit.train.data import CLASS_NAMES, SampleBatches, TrainingSamples
-    from calibkit.train.model import PAPER_UNET, build_model
 
     run_dir = Path(config.out)
     notes: list[str] = list(dataset.notes)
@@ -660,12 +667,6 @@ def validate(
     """
     import torch
 
-    from calibkit.classes import resolve_classes
-    from calibkit.evaluate import EvaluationOptions, case_statistics
-    from calibkit.metrics import calibration_errors
-    from calibkit.train.data import load_case
-    from calibkit.train.predict import sliding_window_logits
-
     plan = resolve_classes(4, preset="brats")
     options = EvaluationOptions(n_bins=config.n_bins, preset="brats", backend="numpy")
     was_training = model.training
@@ -784,7 +785,6 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
 
 
 def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
-    from calibkit.train.model import read_checkpoint
 
     state = read_checkpoint(path)
     if state.get("format") != CHECKPOINT_FORMAT:

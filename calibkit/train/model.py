@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibkit.errors import InputError
+from calibkit.errors import CalibkitError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +30,6 @@ def build_model() -> torch.nn.Module:
     Raises:
         CalibkitError: MONAI is not installed.
     """
-    from calibkit.train import require_monai
-
     require_monai()
     from monai.networks.nets.unet import UNet
 
@@ -118,3 +116,13 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
 def _strip_prefix(key: str) -> str:
     # DDP wraps the network as ``module``; UNet's own keys start with ``model.``.
     return key[len("module.") :] if key.startswith("module.") else key
+
+
+def require_monai() -> None:
+    """Raise a one-line :class:`CalibkitError` when MONAI is missing."""
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        raise CalibkitError(
+            "training and prediction need MONAI: pip install 'calibkit[train]'"
+        ) from None

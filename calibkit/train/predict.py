@@ -22,9 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from calibkit import __version__
+from calibkit._version import __version__
+from calibkit.classes import class_probability, resolve_classes
 from calibkit.errors import CalibkitError, OutputError, WriteError
 from calibkit.io.atomic import atomic_write_text, unwritable_reason, write_error
+from calibkit.io.volumes import write_prediction
+from calibkit.train.config import TrainConfig, parse_patch_size
+from calibkit.train.data import find_cases, load_case, val_transforms
+from calibkit.train.model import load_model, require_monai
 
 if TYPE_CHECKING:
     import torch
@@ -109,8 +114,6 @@ def sliding_window_logits(
     import torch
     from monai.inferers.utils import sliding_window_inference
 
-    from calibkit.train.data import val_transforms
-
     tensor = val_transforms()({"image": image})["image"].float()[None].to(device)
     use_amp = amp and device.type == "cuda"
     with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=use_amp):
@@ -135,7 +138,6 @@ def region_probabilities(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[
         >>> [round(float(v), 3) for v in region_probabilities(p).ravel()]
         [0.4, 0.6, 0.9]
     """
-    from calibkit.classes import class_probability, resolve_classes
 
     plan = resolve_classes(4, preset="brats")
     return np.stack([class_probability(probabilities, spec) for spec in plan.classes])
@@ -189,15 +191,8 @@ def predict_folder(
         OutputError: ``out`` lies inside ``data`` or already holds predictions.
         CalibkitError: bad option.
     """
-    from calibkit.train import require_monai
-
     require_monai()
     import torch
-
-    from calibkit.io.volumes import write_prediction
-    from calibkit.train.config import TrainConfig, parse_patch_size
-    from calibkit.train.data import find_cases, load_case
-    from calibkit.train.model import load_model
 
     if storage not in STORAGES:
         raise CalibkitError(f"--storage must be one of {', '.join(STORAGES)}, got {storage!r}")

@@ -1,0 +1,447 @@
+"""The case pipeline: one stored prediction and its label map → the numbers of one case.
+
+Every workflow goes through here: ``evaluate`` (locally or through an executor),
+``fit-temperature``, ``apply-temperature`` and training validation. A case is
+
+1. read and checked (:func:`load_case`: prediction and label, geometry, the class
+   plan of ``--classes`` / ``--preset`` / regions, label values no class accounts for);
+2. turned into class probabilities ``(C, *spatial)`` (:func:`case_probabilities`:
+   range checks and clipping, or an activation of logits, and an optional temperature);
+3. binned with its targets and Dice counts (:func:`case_statistics`).
+
+:func:`evaluate_case` runs the three steps and returns a
+:class:`~calibkit.records.CaseResult`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from calibkit.binning import BinStats, bin_statistics, flatten_alike, numba_available
+from calibkit.classes import (
+    ClassPlan,
+    class_probability,
+    class_target,
+    resolve_classes,
+    unexpected_labels,
+)
+from calibkit.errors import CalibkitError, InputError
+from calibkit.io.pairing import CasePair
+from calibkit.io.temperature import load_temperature
+from calibkit.io.volumes import Volume, check_geometry, read_label, read_prediction
+from calibkit.metrics import OverlapCounts
+from calibkit.records import CaseResult, EvaluationOptions
+from calibkit.temperature import TemperatureModel, calibrate_logits, calibrate_probabilities
+
+__all__ = [
+    "PROBABILITY_TOLERANCE",
+    "SOFTMAX_SUM_TOLERANCE",
+    "LoadedCase",
+    "argmax_channel",
+    "calibrated_probabilities",
+    "case_probabilities",
+    "case_statistics",
+    "class_plan",
+    "evaluate_case",
+    "load_case",
+    "resolve_backend",
+    "softmax_sum_problem",
+    "to_probabilities",
+]
+
+# Probabilities may stray this far outside [0, 1] (rounding of stored maps) before
+# they are rejected; within it they are clipped.
+PROBABILITY_TOLERANCE = 1e-4
+# Channels of a softmax map may sum this far from 1: uint8 storage alone (1/255
+# steps) moves a 4-channel sum by up to 0.008.
+SOFTMAX_SUM_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """One case read and checked: its prediction, label map and class plan.
+
+    Attributes:
+        pair: the files.
+        prediction: the prediction, channel-first ``(C, *spatial)``.
+        label: the label map on the same grid.
+        plan: the evaluated classes (channels and label values of each).
+        notes: warnings raised on the way (an accepted affine mismatch).
+    """
+
+    pair: CasePair
+    prediction: Volume
+    label: Volume
+    plan: ClassPlan
+    notes: tuple[str, ...] = ()
+
+
+def class_plan(n_channels: int, options: EvaluationOptions, path: Path) -> ClassPlan:
+    """The evaluated classes of a prediction with ``n_channels`` channels.
+
+    Raises:
+        InputError: the options do not fit the channel count (named after ``path``).
+    """
+    try:
+        return resolve_classes(
+            n_channels,
+            classes=options.classes,
+            class_names=options.class_names,
+            include_background=options.include_background,
+            preset=options.preset,
+        )
+    except CalibkitError as error:
+        raise InputError(path, str(error)) from None
+
+
+def load_case(pair: CasePair, options: EvaluationOptions) -> LoadedCase:
+    """Read one case and check it: geometry, class plan, label values.
+
+    Raises:
+        InputError: the files cannot be read, do not lie on one grid (unless
+            ``options.ignore_geometry``), do not fit the class options, or hold label
+            values no class accounts for.
+    """
+    prediction = read_prediction(pair.prediction)
+    label = read_label(pair.label)
+    notes: list[str] = []
+    geometry_problem = check_geometry(prediction, label)
+    if geometry_problem is not None:
+        if not options.ignore_geometry:
+            raise InputError(pair.prediction, geometry_problem)
+        notes.append(f"{pair.prediction}: {geometry_problem}")
+    plan = class_plan(prediction.array.shape[0], options, pair.prediction)
+    unknown = unexpected_labels(label.array, plan)
+    if unknown:
+        raise InputError(
+            pair.label,
+            f"label values {unknown} have no prediction channel or class (known labels: "
+            f"{', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
+        )
+    return LoadedCase(pair, prediction, label, plan, tuple(notes))
+
+
+def case_probabilities(
+    case: LoadedCase, options: EvaluationOptions, temperature: TemperatureModel | None = None
+) -> npt.NDArray[np.float32]:
+    """Class probabilities ``(C, *spatial)`` of a loaded case, as ``calibkit evaluate`` reads them.
+
+    The prediction's array may be modified in place (clipping, activation).
+    """
+    prediction, path = case.prediction, case.pair.prediction
+    if temperature is not None:
+        return calibrated_probabilities(
+            prediction.array, temperature, options, path, prediction.value_range
+        )
+    return to_probabilities(prediction.array, options, path, prediction.value_range)
+
+
+def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
+    """Read one case and compute its per-class bin statistics and overlap counts."""
+    case = load_case(pair, options)
+    if options.dice_mode == "argmax" and not case.plan.exclusive:
+        raise InputError(
+            pair.prediction,
+            "--dice-mode argmax needs mutually exclusive channels (a softmax map); "
+            "these channels are regions or a single foreground",
+        )
+    temperature = load_temperature(options.temperature) if options.temperature else None
+    probabilities = case_probabilities(case, options, temperature)
+    notes = list(case.notes)
+    if case.plan.exclusive and options.input_kind == "probabilities":
+        problem = softmax_sum_problem(probabilities)
+        if problem is not None:
+            if options.strict:
+                raise InputError(pair.prediction, problem + " (--strict)")
+            notes.append(f"{pair.prediction}: {problem} (--strict makes this an error)")
+    stats, overlap = case_statistics(probabilities, case.label.array, case.plan, options)
+    return CaseResult(
+        case_id=pair.case_id,
+        source=pair.prediction,
+        class_names=case.plan.names,
+        stats=stats,
+        overlap=overlap,
+        n_voxels=int(np.prod(case.label.array.shape)),
+        warnings=tuple(notes),
+    )
+
+
+def to_probabilities(
+    array: npt.NDArray[np.float32],
+    options: EvaluationOptions,
+    path: Path,
+    value_range: tuple[float, float] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Probabilities ``(C, *spatial)`` from the stored values: validated and clipped, or activated.
+
+    ``value_range`` is the known smallest and largest value (``Volume.value_range``);
+    None: found here.
+
+    Raises:
+        InputError: probabilities outside [0, 1] beyond the tolerance.
+    """
+    if options.input_kind == "logits":
+        return _activate(array, options.activation)
+    low, high = value_range or (float(array.min()), float(array.max()))
+    if low < -PROBABILITY_TOLERANCE or high > 1.0 + PROBABILITY_TOLERANCE:
+        raise InputError(
+            path,
+            f"values range from {low:.6g} to {high:.6g}, outside [0, 1]; if these are logits, "
+            "use --input logits (with --activation softmax or sigmoid)",
+        )
+    if low < 0.0 or high > 1.0:
+        np.clip(array, 0.0, 1.0, out=array)
+    return array
+
+
+def softmax_sum_problem(probabilities: npt.NDArray[np.float32]) -> str | None:
+    """A message when the channels of a softmax map do not sum to 1, else None."""
+    worst_error, voxel = 0.0, tuple(0 for _ in probabilities.shape[1:])
+    # Slabs along the last axis keep the temporary sum small (volumes reach GBs).
+    for start in range(probabilities.shape[-1]):
+        slab = probabilities[..., start]
+        error = np.abs(slab.sum(axis=0, dtype=np.float32) - np.float32(1.0))
+        index = int(np.argmax(error))
+        if error.flat[index] > worst_error:
+            worst_error = float(error.flat[index])
+            voxel = (*(int(i) for i in np.unravel_index(index, error.shape)), start)
+    if worst_error <= SOFTMAX_SUM_TOLERANCE:
+        return None
+    at_voxel: tuple[Any, ...] = (slice(None), *voxel)
+    sums = float(probabilities[at_voxel].sum(dtype=np.float64))
+    return (
+        f"channels do not sum to 1 (sum {sums:.4f} at voxel {voxel}); a softmax map's channels "
+        "should: check the export, or use --preset / --classes for region or sigmoid maps"
+    )
+
+
+def argmax_channel(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """Index of the largest channel per voxel as uint8, without an int64 volume."""
+    if probabilities.shape[0] > 255:
+        raise CalibkitError("--dice-mode argmax supports at most 255 channels")
+    best = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    best_value = probabilities[0].copy()
+    for channel in range(1, probabilities.shape[0]):
+        larger = probabilities[channel] > best_value
+        best[larger] = channel
+        np.maximum(best_value, probabilities[channel], out=best_value)
+    return best
+
+
+def _activate(logits: npt.NDArray[np.float32], activation: str) -> npt.NDArray[np.float32]:
+    if activation == "sigmoid":
+        out = np.negative(logits, dtype=np.float32)
+        np.exp(out, out=out)
+        out += np.float32(1.0)
+        np.reciprocal(out, out=out)
+        return out
+    shifted: npt.NDArray[np.float32] = logits - logits.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted
+
+
+def case_statistics(
+    probabilities: npt.NDArray[np.float32],
+    label: npt.NDArray[np.integer],
+    plan: ClassPlan,
+    options: EvaluationOptions,
+) -> tuple[BinStats, OverlapCounts]:
+    """Per-class bins and Dice counts of one case's probabilities ``(C, *spatial)``.
+
+    The one place where a case's numbers are computed: ``evaluate``, temperature
+    fitting and training validation all call it.
+    """
+    if _one_pass_applies(probabilities, label, options):
+        return _one_pass_case_statistics(probabilities, label, plan, options)
+    bin_one_class = _class_binner(options)
+    predicted_channel = argmax_channel(probabilities) if options.dice_mode == "argmax" else None
+    threshold = np.float32(options.dice_threshold)
+    per_class: list[BinStats] = []
+    intersection, predicted, truth = [], [], []
+    for spec in plan.classes:
+        p = class_probability(probabilities, spec)
+        y = class_target(label, spec)
+        per_class.append(bin_one_class(p, y))
+        if predicted_channel is None:
+            mask = p >= threshold
+        else:
+            mask = np.isin(predicted_channel, spec.channels)
+        predicted.append(np.count_nonzero(mask))
+        truth.append(np.count_nonzero(y))
+        np.logical_and(mask, y, out=mask)  # in place: no third volume-sized mask
+        intersection.append(np.count_nonzero(mask))
+    overlap = OverlapCounts(
+        intersection=np.array(intersection, dtype=np.int64),
+        predicted=np.array(predicted, dtype=np.int64),
+        truth=np.array(truth, dtype=np.int64),
+    )
+    return BinStats.stack(per_class), overlap
+
+
+def _one_pass_applies(
+    probabilities: npt.NDArray[np.floating],
+    label: npt.NDArray[np.integer],
+    options: EvaluationOptions,
+) -> bool:
+    """Whether bins, targets and Dice counts can come from one compiled pass.
+
+    It needs numba, the numpy backend, threshold Dice, float32 probabilities and a
+    label map with values in ``[0, 64)`` (the targets come from a bit mask of each
+    class's labels).
+    """
+    if (
+        not numba_available()
+        or options.dice_mode != "threshold"
+        or resolve_backend(options.backend, options.device) != "numpy"
+        or probabilities.dtype != np.float32
+        or label.dtype.kind not in "iu"
+        or not label.dtype.isnative
+        or label.size == 0
+    ):
+        return False
+    # Deferred: numba (about 0.5 s to import) or torch, only on the path that needs it.
+    from calibkit._kernels import TARGET_BITS, supports
+
+    return supports(options.n_bins) and 0 <= int(label.min()) and int(label.max()) < TARGET_BITS
+
+
+def _one_pass_case_statistics(
+    probabilities: npt.NDArray[np.float32],
+    label: npt.NDArray[np.integer],
+    plan: ClassPlan,
+    options: EvaluationOptions,
+) -> tuple[BinStats, OverlapCounts]:
+    # Deferred: numba (about 0.5 s to import) or torch, only on the path that needs it.
+    from calibkit._kernels import bin_flat
+
+    results = []
+    for spec in plan.classes:
+        p, codes = flatten_alike(class_probability(probabilities, spec), label)
+        results.append(
+            bin_flat(
+                np.ascontiguousarray(p, dtype=np.float32),
+                np.ascontiguousarray(codes),
+                options.n_bins,
+                target_labels=spec.labels,
+                threshold=options.dice_threshold,
+            )
+        )
+    stats = BinStats(
+        np.stack([r.count for r in results]),
+        np.stack([r.sum_p for r in results]),
+        np.stack([r.sum_y for r in results]),
+    )
+    overlap = OverlapCounts(
+        intersection=np.array([r.intersection for r in results], dtype=np.int64),
+        predicted=np.array([r.predicted for r in results], dtype=np.int64),
+        truth=np.array([int(r.sum_y.sum()) for r in results], dtype=np.int64),
+    )
+    return stats, overlap
+
+
+def _class_binner(
+    options: EvaluationOptions,
+) -> Callable[[npt.NDArray[np.float32], npt.NDArray[np.bool_]], BinStats]:
+    """A function binning one class map ``(*spatial)`` with the chosen backend."""
+    n_bins = options.n_bins
+    if resolve_backend(options.backend, options.device) == "numpy":
+        return lambda p, y: bin_statistics(p[None], y[None], n_bins)[0]
+
+    # Deferred: numba (about 0.5 s to import) or torch, only on the path that needs it.
+    import torch
+
+    from calibkit.binning_torch import bin_statistics_torch
+
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def bin_with_torch(p: npt.NDArray[np.float32], y: npt.NDArray[np.bool_]) -> BinStats:
+        p_tensor = torch.from_numpy(np.ascontiguousarray(p)[None]).to(device)
+        y_tensor = torch.from_numpy(np.ascontiguousarray(y)[None]).to(device)
+        return bin_statistics_torch(p_tensor, y_tensor, n_bins)[0]
+
+    return bin_with_torch
+
+
+def resolve_backend(backend: str, device: str | None) -> str:
+    """``"numpy"`` or ``"torch"``: ``auto`` picks torch only when a CUDA device is usable."""
+    if backend != "auto":
+        if backend == "torch":
+            _require_torch()
+        return backend
+    if device is not None and device != "cpu":
+        _require_torch()
+        return "torch"
+    if device is None and _cuda_may_exist():
+        try:
+            import torch
+        except ImportError:
+            return "numpy"
+        if torch.cuda.is_available():
+            return "torch"
+    return "numpy"
+
+
+def _cuda_may_exist() -> bool:
+    # Cheap check first: importing torch costs seconds on machines that cannot use it.
+    import importlib.util
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        visible not in ("", "-1")
+        and os.path.exists("/proc/driver/nvidia")
+        and importlib.util.find_spec("torch") is not None
+    )
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CalibkitError(
+            "the torch backend needs PyTorch: pip install torch (or use --backend numpy)"
+        ) from None
+
+
+def calibrated_probabilities(
+    array: npt.NDArray[np.float32],
+    model: TemperatureModel,
+    options: EvaluationOptions,
+    path: Path,
+    value_range: tuple[float, float] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Calibrated probabilities of one stored prediction, as ``calibkit evaluate`` reads it.
+
+    The drop-in for :func:`to_probabilities` when a temperature is
+    given: probability maps are validated and clipped as there, then calibrated with
+    :func:`calibrate_probabilities`; logits (``options.input_kind == "logits"``) are
+    divided by ``T`` directly (no clipping).
+
+    Args:
+        array: ``(C, *spatial)`` float32 values as read (may be modified in place).
+        model: the temperature.
+        options: ``input_kind`` and ``activation`` are used.
+        path: the prediction file, named in errors.
+        value_range: the known smallest and largest value (``Volume.value_range``).
+
+    Raises:
+        InputError: bad probabilities, a channel count that does not fit the model, or
+            logits to activate with another activation than the model's.
+    """
+    if options.input_kind == "logits":
+        if options.activation != model.activation:
+            raise InputError(
+                model.source or path,
+                f"was fitted with a {model.activation} but the logits are read with "
+                f"--activation {options.activation}; use --activation {model.activation}",
+            )
+        return calibrate_logits(array, model, path=path)
+    probabilities = to_probabilities(array, options, path, value_range)
+    return calibrate_probabilities(probabilities, model, path=path)
