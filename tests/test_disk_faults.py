@@ -35,7 +35,7 @@ from conftest import run_cli as run
 import calibkit.calibrate
 import calibkit.evaluate
 import calibkit.io.volumes
-import calibkit.plots
+import calibkit.plots.files
 from calibkit.errors import WriteError
 from calibkit.io.atomic import STAGING_PREFIX, staged_folder
 from calibkit.io.checkpoint import LOCK_FILE, PARTIAL_DIR, CaseStore
@@ -213,8 +213,9 @@ def test_overwrite_on_a_full_disk_keeps_the_earlier_result(
     earlier = contents(out)
 
     # The tables are staged; the disk fills as the first figure is written.
-    save_figure = fill_before(small_disk, calibkit.plots.save_figure)
-    monkeypatch.setattr(calibkit.plots, "save_figure", save_figure)
+    # Patched where save_evaluation_figures looks it up.
+    save_figure = fill_before(small_disk, calibkit.plots.files.save_figure)
+    monkeypatch.setattr(calibkit.plots.files, "save_figure", save_figure)
     code, _, stderr = evaluate(*dataset, out, "--overwrite", *PLOTS)
     histogram = out / "figures" / "reliability_histogram.png"
     assert_user_error(

@@ -1,0 +1,173 @@
+"""Figure files drawn from saved ``calibkit evaluate`` folders.
+
+One writer per display (the ``plot-diagram``, ``plot-histogram`` and
+``plot-scatter`` commands), and the figures ``calibkit evaluate --plots`` adds to
+a result folder: the dataset histogram and the diagrams of the worst-calibrated
+cases. Every writer checks the file name before drawing and writes atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from calibkit.io.atomic import staged_folder
+from calibkit.io.results import load_per_image
+from calibkit.plots._folders import ResultDirs
+from calibkit.plots.diagram import ReliabilityDiagramDisplay
+from calibkit.plots.histogram import ReliabilityHistogramDisplay
+from calibkit.plots.scatter import (
+    MEAN_CLASS,
+    CalibrationScatterDisplay,
+    ScatterKind,
+    worst_calibrated_cases,
+)
+from calibkit.plots.style import PathLike, _close, figure_format, save_figure
+
+__all__ = [
+    "save_evaluation_figures",
+    "write_calibration_scatter",
+    "write_evaluation_figures",
+    "write_reliability_diagram",
+    "write_reliability_histogram",
+]
+
+
+def write_reliability_diagram(
+    result_dirs: ResultDirs,
+    out: PathLike,
+    *,
+    case_id: str,
+    classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """Draw one case's reliability diagrams from result folders and save them to ``out``.
+
+    Raises:
+        CalibkitError: bad suffix, folder, case or class; nothing is written then.
+    """
+    figure_format(out)
+    display = ReliabilityDiagramDisplay.from_evaluation(
+        result_dirs, case_id, classes=classes, labels=labels
+    ).plot()
+    return save_figure(display.figure_, out)
+
+
+def write_reliability_histogram(
+    result_dirs: ResultDirs,
+    out: PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """Draw the dataset reliability histograms of result folders (a row each) into ``out``.
+
+    Raises:
+        CalibkitError: bad suffix, folder or class; nothing is written then.
+    """
+    figure_format(out)
+    display = ReliabilityHistogramDisplay.from_evaluation(
+        result_dirs, classes=classes, labels=labels
+    ).plot()
+    return save_figure(display.figure_, out)
+
+
+def write_calibration_scatter(
+    result_dirs: ResultDirs,
+    out: PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    class_name: str = MEAN_CLASS,
+    metrics: Sequence[str] = ("ace",),
+    kind: ScatterKind = "scatter",
+) -> Path:
+    """Draw Dice against calibration per case for result folders into ``out``.
+
+    Raises:
+        CalibkitError: bad suffix, folder, class, metric or kind; nothing is written then.
+    """
+    figure_format(out)
+    display = CalibrationScatterDisplay.from_evaluation(
+        result_dirs, labels=labels, class_name=class_name, metrics=metrics, kind=kind
+    ).plot()
+    return save_figure(display.figure_, out)
+
+
+def write_evaluation_figures(
+    result_dir: PathLike,
+    *,
+    n_worst: int = 3,
+    formats: Sequence[str] = ("png",),
+    label: str | None = None,
+) -> list[Path]:
+    """Figures of one result folder, written into ``result_dir / "figures"``.
+
+    Writes ``reliability_histogram.<fmt>`` and ``reliability_diagram_<case>.<fmt>``
+    for the ``n_worst`` cases with the largest per-case mean ACE. The figures
+    appear together or not at all (they are staged first), so a full disk leaves
+    the earlier figures as they were.
+
+    Args:
+        result_dir: a folder written by ``calibkit evaluate``.
+        n_worst: number of worst-calibrated cases to draw.
+        formats: file formats, from ``png``, ``pdf``, ``svg``.
+        label: the name of the run in the histogram (default: the folder's name).
+
+    Returns:
+        The paths written, the histogram first.
+
+    Raises:
+        WriteError: a figure cannot be written; nothing in the folder changed.
+    """
+    folder = Path(result_dir)
+    with staged_folder(folder) as staging:
+        written = save_evaluation_figures(
+            folder, staging, n_worst=n_worst, formats=formats, label=label
+        )
+    return [folder / path.relative_to(staging) for path in written]
+
+
+def save_evaluation_figures(
+    result_dir: PathLike,
+    target: PathLike,
+    *,
+    n_worst: int = 3,
+    formats: Sequence[str] = ("png",),
+    label: str | None = None,
+) -> list[Path]:
+    """The figures of :func:`write_evaluation_figures`, saved one by one into ``target``.
+
+    They go to ``target / "figures"``, each file atomically, for callers that stage
+    them with other files (``calibkit evaluate --plots`` stages them with the tables).
+
+    Args:
+        result_dir: the folder holding the tables to draw.
+        target: the folder to write ``figures/`` into.
+        n_worst: number of worst-calibrated cases to draw.
+        formats: file formats, from ``png``, ``pdf``, ``svg``.
+        label: the name of the run in the histogram (default: ``result_dir``'s name).
+
+    Returns:
+        The paths written, the histogram first.
+    """
+    folder, figures = Path(result_dir), Path(target) / "figures"
+    suffixes = ["." + fmt.lower().lstrip(".") for fmt in formats]
+    for suffix in suffixes:
+        figure_format(figures / f"check{suffix}")
+    cases = worst_calibrated_cases(load_per_image(folder), n_worst)
+    labels = None if label is None else [label]
+    histogram = ReliabilityHistogramDisplay.from_evaluation(folder, labels=labels).plot()
+    diagrams = [ReliabilityDiagramDisplay.from_evaluation(folder, case).plot() for case in cases]
+    targets = [("reliability_histogram", histogram.figure_)] + [
+        (f"reliability_diagram_{case}", display.figure_)
+        for case, display in zip(cases, diagrams, strict=True)
+    ]
+    written = []
+    try:
+        for name, figure in targets:
+            for suffix in suffixes:
+                written.append(save_figure(figure, figures / f"{name}{suffix}", close=False))
+    finally:
+        for _, figure in targets:
+            _close(figure)
+    return written
