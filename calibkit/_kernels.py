@@ -43,7 +43,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from calibkit.binning import bin_edges
+from calibkit.bins import bin_edges
 
 _LAYER_CHOSEN = getattr(numba.config, "THREADING_LAYER", "default") != "default"
 if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
@@ -327,7 +327,7 @@ def bin_rows(
     ``target_labels``". ``predicted`` and ``intersection`` count voxels with
     ``p >= threshold`` (and a positive target): the Dice counts, from the same pass.
     Rows may be strided views; each row must be contiguous. The bins are those of
-    :func:`calibkit.binning.bin_edges`.
+    :func:`calibkit.bins.bin_edges`.
     """
     if not supports(n_bins):
         raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
