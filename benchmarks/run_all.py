@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_binning  # noqa: E402
+import bench_binning_dtypes  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_readers  # noqa: E402
@@ -28,11 +29,13 @@ def main() -> None:
     import os
 
     binning_args = ["--repeats", "7"] + (["--shape", "3", "64", "64", "64"] if args.quick else [])
+    dtypes_args = ["--repeats", "7"] + (["--shape", "4", "64", "64", "64"] if args.quick else [])
     evaluate_args = ["--cases", "4"] if args.quick else []
     sections = [
         f"# Benchmarks\n\nMeasured {date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, by `python benchmarks/run_all.py`.",
         "## Bin statistics of one volume\n\n" + bench_binning.main(binning_args),
+        "## Binary targets of each dtype\n\n" + bench_binning_dtypes.main(dtypes_args),
         "## evaluate against reading only\n\n" + bench_evaluate.main(evaluate_args),
         "## Readers\n\n" + bench_readers.main([]),
         "## Start-up\n\n" + bench_cli.main(),

@@ -1,6 +1,7 @@
 """Compiled binning kernel (numba): one read of each probability, float64 accumulators.
 
-Imported only by :func:`calibkit.binning.bin_statistics` when numba is installed;
+Imported lazily (numba costs about 0.5 s to import), where the compiled path is
+taken: :func:`calibkit.binning.bin_statistics` picks it when numba is installed;
 the numpy path in :mod:`calibkit.binning` stays the reference and the fallback.
 The compiled code is cached on disk (``cache=True``), so only the first process
 after an install pays for compilation.
@@ -43,7 +44,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from calibkit.binning import bin_edges
+from calibkit.bins import bin_edges
 
 _LAYER_CHOSEN = getattr(numba.config, "THREADING_LAYER", "default") != "default"
 if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
@@ -241,9 +242,68 @@ def _bin_rows(  # pragma: no cover - compiled
             chunk_counts[task],
             chunk_sums[task],
         )
+    return _row_totals(chunk_counts, chunk_sums, n_rows)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _bin_binary_rows(  # pragma: no cover - compiled
+    p: npt.NDArray[np.float32],
+    values: npt.NDArray[Any],
+    edges: npt.NDArray[np.float32],
+    margin: np.float32,
+    chunk: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:
+    """:func:`_bin_rows` of targets of any number type that should hold only 0 and 1.
+
+    Each chunk of targets is turned into 0/1 codes in a small buffer (it stays in
+    the cache) and binned like a boolean mask, so the volume is read once and never
+    copied. The last value returned is False when a target is neither 0 nor 1 (a
+    soft target, NaN): the bins are then incomplete and must not be used.
+    """
+    n_keys = 4 * (edges.size - 1)
+    n_rows, n = p.shape
+    n_chunks = (n + chunk - 1) // chunk
+    chunk_counts = np.zeros((n_rows * n_chunks, n_keys), dtype=np.int64)
+    chunk_sums = np.zeros((n_rows * n_chunks, n_keys), dtype=np.float64)
+    binary = np.ones(n_rows * n_chunks, dtype=np.bool_)
+    for task in numba.prange(n_rows * n_chunks):
+        row = task // n_chunks
+        start = (task % n_chunks) * chunk
+        stop = min(start + chunk, n)
+        source = values[row, start:stop]
+        codes = np.empty(stop - start, dtype=np.uint8)
+        n_other = 0
+        for j in range(source.size):
+            value = source[j]
+            codes[j] = np.uint8(value == 1)
+            n_other += (value != 0) & (value != 1)  # NaN too
+        if n_other != 0:
+            binary[task] = False
+            continue
+        _bin_chunk(
+            p[row, start:stop],
+            codes,
+            np.uint64(0b10),
+            edges,
+            margin,
+            np.float32(np.inf),
+            chunk_counts[task],
+            chunk_sums[task],
+        )
+    key_count, key_sum = _row_totals(chunk_counts, chunk_sums, n_rows)
+    return key_count, key_sum, bool(binary.all())
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_totals(  # pragma: no cover - compiled
+    chunk_counts: npt.NDArray[np.int64], chunk_sums: npt.NDArray[np.float64], n_rows: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Per-row sums of the per-chunk results (``n_rows`` rows of equal chunks), in chunk order."""
+    n_tasks, n_keys = chunk_counts.shape
+    n_chunks = n_tasks // n_rows if n_rows else 0
     key_count = np.zeros((n_rows, n_keys), dtype=np.int64)
     key_sum = np.zeros((n_rows, n_keys), dtype=np.float64)
-    for task in range(n_rows * n_chunks):
+    for task in range(n_tasks):
         row = task // n_chunks
         for key in range(n_keys):
             key_count[row, key] += chunk_counts[task, key]
@@ -327,7 +387,7 @@ def bin_rows(
     ``target_labels``". ``predicted`` and ``intersection`` count voxels with
     ``p >= threshold`` (and a positive target): the Dice counts, from the same pass.
     Rows may be strided views; each row must be contiguous. The bins are those of
-    :func:`calibkit.binning.bin_edges`.
+    :func:`calibkit.bins.bin_edges`.
     """
     if not supports(n_bins):
         raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
@@ -350,6 +410,32 @@ def bin_rows(
             np.float32(threshold),
             chunk_for(n_bins),
         )
+    return [
+        _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
+    ]
+
+
+def bin_binary_rows(
+    p: npt.NDArray[np.float32], values: npt.NDArray[Any], n_bins: int
+) -> list[KernelResult] | None:
+    """:func:`bin_rows` of targets of an integer, float32 or float64 dtype, read as 0/1.
+
+    The same bins as ``bin_rows(p, values == 1, n_bins)`` when every target is 0 or
+    1, without a boolean copy of ``values``; None when any target is something else
+    (a soft target, NaN), for the caller's reference path.
+    """
+    if not supports(n_bins):
+        raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
+    if values.dtype.kind == "i":
+        # The bits of 0 and 1 are those of unsigned 0 and 1, and every other value is
+        # another unsigned value: one compiled version serves both.
+        values = values.view(np.dtype(f"u{values.dtype.itemsize}"))
+    with _LAUNCH_LOCK:
+        key_counts, key_sums, binary = _bin_binary_rows(
+            p, values, bin_edges(n_bins), edge_margin(n_bins), chunk_for(n_bins)
+        )
+    if not binary:
+        return None
     return [
         _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
     ]

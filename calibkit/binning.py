@@ -1,4 +1,18 @@
-"""Hard binning of probabilities into per-bin statistics (numpy reference backend).
+"""Hard binning of probabilities into per-bin statistics: the one public entry.
+
+:func:`bin_statistics` bins one image and picks the implementation:
+
+* torch (:mod:`calibkit.binning_torch`) for torch tensors, for a device other than
+  the CPU, or when ``backend="torch"`` is asked for;
+* else the compiled kernel (:mod:`calibkit._kernels`, numba) when numba is
+  installed, it bins ``n_bins`` exactly and the targets are binary: ``bool``, or
+  any integer or float32/float64 array whose values are all 0 or 1 (a one-hot
+  ``uint8`` map, ``y.float()``, ...);
+* else the numpy reference path here, which also takes real-valued (soft) targets.
+
+Every path gives the same bins. :func:`resolve_backend` and :func:`class_binner`
+make the same choice for a whole evaluation. The bins themselves (edges,
+:class:`BinStats`) live in :mod:`calibkit.bins` and are re-exported here.
 
 Shapes and rules follow SPEC.md §1 and match ``monai.metrics.CalibrationErrorMetric``
 bit for bit:
@@ -13,53 +27,42 @@ bit for bit:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import sys
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-DEFAULT_N_BINS = 20
+from calibkit.bins import DEFAULT_N_BINS, BinStats, bin_edges, check_n_bins
+from calibkit.errors import CalibkitError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "CHUNK_VOXELS",
+    "DEFAULT_N_BINS",
+    "Backend",
+    "BinStats",
+    "ClassBinner",
+    "Kernel",
+    "assign_bins",
+    "bin_edges",
+    "bin_statistics",
+    "class_binner",
+    "compiled_kernel_applies",
+    "dense_values",
+    "flatten_alike",
+    "numba_available",
+    "resolve_backend",
+]
+
 # Voxels processed per step: temporaries stay in the L2 cache (2x faster than 1 << 18)
 # and memory stays bounded whatever the volume size.
 CHUNK_VOXELS = 1 << 16
-
-_FLOAT32_EPS = np.finfo(np.float32).eps
-
-
-@lru_cache(maxsize=64)
-def _bin_edges_cached(n_bins: int) -> npt.NDArray[np.float32]:
-    # torch.linspace on the CPU: step = (end - start) / (steps - 1) in float32, then
-    # start + step * i for the first half and end - step * (steps - 1 - i) for the
-    # second, each rounded once to float32 (a fused multiply-add). The float64
-    # products below are exact, so casting once reproduces that rounding.
-    steps = n_bins + 1
-    end = np.float32(1.0) + _FLOAT32_EPS
-    step = np.float64(np.float32(end / np.float32(n_bins)))
-    index = np.arange(steps, dtype=np.float64)
-    first_half = index < steps // 2
-    edges = np.where(first_half, step * index, np.float64(end) - step * (n_bins - index))
-    edges = edges.astype(np.float32)
-    edges.setflags(write=False)
-    return edges
-
-
-def bin_edges(n_bins: int = DEFAULT_N_BINS) -> npt.NDArray[np.float32]:
-    """Bin edges ``e_0 .. e_M``, equal to ``torch.linspace(0, 1 + eps, M + 1)``.
-
-    Args:
-        n_bins: number of bins ``M`` (at least 1).
-
-    Returns:
-        A read-only float32 array of ``M + 1`` edges.
-
-    Example:
-        >>> bin_edges(4).tolist()  # k (1 + eps) / M in float32, not k / M
-        [0.0, 0.2500000298023224, 0.5000000596046448, 0.7500001192092896, 1.0000001192092896]
-    """
-    _check_n_bins(n_bins)
-    return _bin_edges_cached(int(n_bins))
 
 
 def assign_bins(probabilities: npt.ArrayLike, n_bins: int = DEFAULT_N_BINS) -> npt.NDArray[np.intp]:
@@ -82,112 +85,84 @@ def assign_bins(probabilities: npt.ArrayLike, n_bins: int = DEFAULT_N_BINS) -> n
     return np.searchsorted(inner_edges, values, side="left")
 
 
-@dataclass(frozen=True)
-class BinStats:
-    """Per-bin sufficient statistics: everything the calibration metrics need.
-
-    All three arrays share a shape ``(..., M)``; the leading axes are usually
-    ``(classes,)`` for one image or ``(cases, classes)`` for a data set.
-
-    Attributes:
-        count: number of voxels per bin (int64).
-        sum_p: sum of the float32 probabilities per bin (float64).
-        sum_y: sum of the targets per bin, the positives for binary targets (float64).
-    """
-
-    count: npt.NDArray[np.int64]
-    sum_p: npt.NDArray[np.float64]
-    sum_y: npt.NDArray[np.float64]
-
-    def __post_init__(self) -> None:
-        if not (self.count.shape == self.sum_p.shape == self.sum_y.shape):
-            raise ValueError(
-                "count, sum_p and sum_y must have one shape, got "
-                f"{self.count.shape}, {self.sum_p.shape}, {self.sum_y.shape}"
-            )
-        if self.count.ndim < 1:
-            raise ValueError("BinStats arrays need a last axis of bins")
-
-    @property
-    def n_bins(self) -> int:
-        """Number of bins ``M``."""
-        return int(self.count.shape[-1])
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Leading shape (without the bin axis)."""
-        return tuple(self.count.shape[:-1])
-
-    @property
-    def mean_p(self) -> npt.NDArray[np.float64]:
-        """Mean predicted probability per bin; NaN for empty bins."""
-        return _safe_divide(self.sum_p, self.count)
-
-    @property
-    def mean_y(self) -> npt.NDArray[np.float64]:
-        """Observed frequency per bin; NaN for empty bins."""
-        return _safe_divide(self.sum_y, self.count)
-
-    def __getitem__(self, index: Any) -> BinStats:
-        """Select along the leading axes, e.g. ``stats[case, class_index]``."""
-        return BinStats(self.count[index], self.sum_p[index], self.sum_y[index])
-
-    def pooled(self, axis: int = 0) -> BinStats:
-        """Sum the statistics over a leading axis (dataset-level, 'pooled' binning)."""
-        if axis < 0:
-            axis += self.count.ndim - 1
-        if not 0 <= axis < self.count.ndim - 1:
-            raise ValueError("pooled() sums over a leading axis, not the bin axis")
-        return BinStats(
-            self.count.sum(axis=axis), self.sum_p.sum(axis=axis), self.sum_y.sum(axis=axis)
-        )
-
-    @staticmethod
-    def stack(items: list[BinStats]) -> BinStats:
-        """Stack equally shaped statistics along a new first axis (one item per case)."""
-        if not items:
-            raise ValueError("stack() needs at least one BinStats")
-        return BinStats(
-            np.stack([item.count for item in items]),
-            np.stack([item.sum_p for item in items]),
-            np.stack([item.sum_y for item in items]),
-        )
-
-
 Kernel = Literal["auto", "numba", "numpy"]
+Backend = Literal["auto", "numpy", "torch"]
+
+#: A function binning one class map ``(*spatial)`` against its targets.
+ClassBinner = Callable[[npt.NDArray[np.float32], npt.NDArray[np.bool_]], BinStats]
+
+_NEEDS_BINARY = (
+    "the numba kernel needs boolean targets (bool, or integers or floats that are all "
+    "0 or 1); use kernel='numpy'"
+)
 
 
 def bin_statistics(
-    probabilities: npt.ArrayLike,
-    targets: npt.ArrayLike,
+    probabilities: npt.ArrayLike | torch.Tensor,
+    targets: npt.ArrayLike | torch.Tensor,
     n_bins: int = DEFAULT_N_BINS,
     *,
     kernel: Kernel = "auto",
+    backend: Backend = "auto",
+    device: str | torch.device | None = None,
 ) -> BinStats:
-    """Per-class bin statistics of one image (CPU).
+    """Per-class bin statistics of one image, with the fastest implementation that applies.
 
-    Two kernels give the same bins: a compiled one (numba, one pass over the
-    probabilities, parallel over chunks) and the numpy reference. Memory stays
-    bounded either way: no float64 copy of the volume is made.
+    Three implementations give the same bins: torch (CPU or CUDA), a compiled CPU
+    kernel (numba, one pass over the probabilities, parallel over chunks) and the
+    numpy reference. Memory stays bounded on the CPU: no float64 copy of the volume
+    is made.
+
+    Binary targets take the compiled kernel whatever their dtype: ``bool``, and any
+    integer, float32 or float64 array whose values are all exactly 0 or 1 (read
+    chunk by chunk; no converted copy of the volume is made). Counts and ``sum_y``
+    are then exactly those of the same targets as ``bool``. Any other value (a soft
+    target such as 0.3, a 2, a NaN) sends the whole image to the numpy reference
+    path, which averages real targets; a NaN target there makes ``sum_y`` of its
+    voxel's bin NaN. float16 and non-native byte orders also take the reference path.
 
     Args:
         probabilities: ``(C, *spatial)`` probabilities (any float dtype, cast to
-            float32; values outside [0, 1] land in the first / last bin).
+            float32; values outside [0, 1] land in the first / last bin), a numpy
+            array or a torch tensor.
         targets: ``(C, *spatial)`` targets of the same shape, binary (bool or 0/1)
             or, in general, real values whose per-bin mean is the observed frequency.
         n_bins: number of bins ``M``.
-        kernel: ``"numba"``, ``"numpy"``, or ``"auto"`` (numba when installed and the
-            targets are binary).
+        kernel: the CPU kernel: ``"numba"``, ``"numpy"`` (the reference), or
+            ``"auto"`` (numba when installed, ``n_bins`` is supported and the targets
+            are binary). Naming one also means the CPU: torch tensors are read as
+            numpy arrays.
+        backend: ``"numpy"`` (the CPU kernels above), ``"torch"``, or ``"auto"``:
+            torch for tensor inputs or a ``device`` other than the CPU, else numpy.
+        device: torch device for the torch backend. None: the device of tensor
+            inputs; for numpy inputs CUDA when available, else the CPU.
 
     Returns:
-        :class:`BinStats` with arrays of shape ``(C, M)``.
+        :class:`BinStats` (numpy arrays) of shape ``(C, M)``.
+
+    Raises:
+        ValueError: unequal shapes, no class axis, a bad ``n_bins``, ``kernel`` or
+            ``backend``, or ``kernel="numba"`` with targets it cannot take.
 
     Example:
         >>> stats = bin_statistics([[0.7, 0.3, 0.1, 0.9]], [[1, 0, 0, 1]], n_bins=5)
         >>> stats.count.tolist()
         [[1, 1, 0, 1, 1]]
     """
-    _check_n_bins(n_bins)
+    check_n_bins(n_bins)
+    if kernel not in ("auto", "numba", "numpy"):
+        raise ValueError(f"kernel must be 'auto', 'numba' or 'numpy', got {kernel!r}")
+    if backend not in ("auto", "numpy", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
+    if backend == "torch" and kernel != "auto":
+        raise ValueError(f"kernel={kernel!r} is a CPU kernel of the numpy backend, not torch")
+    on_torch = backend == "torch" or (
+        backend == "auto"
+        and kernel == "auto"
+        and (_is_tensor(probabilities) or _is_tensor(targets) or not _is_cpu(device))
+    )
+    if on_torch:
+        return _bin_with_torch(probabilities, targets, n_bins, device)
     probs = np.asarray(probabilities)
     truth = np.asarray(targets)
     if probs.shape != truth.shape:
@@ -195,28 +170,18 @@ def bin_statistics(
     if probs.ndim < 1:
         raise ValueError("probabilities need a leading class axis: (C, *spatial)")
     n_classes = probs.shape[0]
+    flat = [flatten_alike(probs[c], truth[c]) for c in range(n_classes)]
+    compiled = _compiled_kernel(kernel, truth.dtype, n_bins)
+    if compiled is not None:
+        stats = _bin_compiled(compiled, flat, n_bins)
+        if stats is not None:
+            return stats
+        if kernel == "numba":
+            raise ValueError(_NEEDS_BINARY)
     count = np.zeros((n_classes, n_bins), dtype=np.int64)
     sum_p = np.zeros((n_classes, n_bins), dtype=np.float64)
     sum_y = np.zeros((n_classes, n_bins), dtype=np.float64)
     binner = _ChunkBinner(n_bins)
-    compiled = _compiled_kernel(kernel, truth.dtype, n_bins)
-    flat = [flatten_alike(probs[c], truth[c]) for c in range(n_classes)]
-    if compiled is not None:
-        p_rows, y_rows = _as_rows([p for p, _ in flat]), _as_rows([y for _, y in flat])
-        if p_rows is not None and y_rows is not None and p_rows.dtype == np.float32:
-            row_results = compiled(p_rows, y_rows, n_bins)  # one launch for all classes
-        else:  # one class at a time, so that at most one class is ever copied
-            row_results = [
-                compiled(
-                    np.ascontiguousarray(p, dtype=np.float32)[None],
-                    np.ascontiguousarray(y)[None],
-                    n_bins,
-                )[0]
-                for p, y in flat
-            ]
-        for c, result in enumerate(row_results):
-            count[c], sum_p[c], sum_y[c] = result.count, result.sum_p, result.sum_y
-        return BinStats(count, sum_p, sum_y)
     for c, (flat_p, flat_y) in enumerate(flat):
         for start in range(0, flat_p.size, CHUNK_VOXELS):
             binner.add(
@@ -227,6 +192,178 @@ def bin_statistics(
                 sum_y[c],
             )
     return BinStats(count, sum_p, sum_y)
+
+
+def _bin_compiled(
+    compiled: Callable[..., Any],
+    flat: list[tuple[npt.NDArray[Any], npt.NDArray[Any]]],
+    n_bins: int,
+) -> BinStats | None:
+    """Bins of the flat class maps with a compiled kernel; None if a target is not 0 or 1."""
+    n_classes = len(flat)
+    p_rows, y_rows = _as_rows([p for p, _ in flat]), _as_rows([y for _, y in flat])
+    if p_rows is not None and y_rows is not None and p_rows.dtype == np.float32:
+        row_results = compiled(p_rows, y_rows, n_bins)  # one launch for all classes
+    else:  # one class at a time, so that at most one class is ever copied
+        row_results = []
+        for p, y in flat:
+            one = compiled(
+                np.ascontiguousarray(p, dtype=np.float32)[None],
+                np.ascontiguousarray(y)[None],
+                n_bins,
+            )
+            if one is None:
+                return None
+            row_results.append(one[0])
+    if row_results is None:
+        return None
+    count = np.zeros((n_classes, n_bins), dtype=np.int64)
+    sum_p = np.zeros((n_classes, n_bins), dtype=np.float64)
+    sum_y = np.zeros((n_classes, n_bins), dtype=np.float64)
+    for c, result in enumerate(row_results):
+        count[c], sum_p[c], sum_y[c] = result.count, result.sum_p, result.sum_y
+    return BinStats(count, sum_p, sum_y)
+
+
+def resolve_backend(backend: str, device: str | None) -> Literal["numpy", "torch"]:
+    """The backend a whole evaluation uses: ``auto`` picks torch only when CUDA is usable.
+
+    Args:
+        backend: ``"numpy"``, ``"torch"`` or ``"auto"``.
+        device: the torch device asked for, or None. With ``auto``, a device other
+            than ``"cpu"`` means torch.
+
+    Returns:
+        ``"numpy"`` (the CPU kernels of :func:`bin_statistics`) or ``"torch"``.
+
+    Raises:
+        CalibkitError: torch is asked for (or implied by ``device``) but not installed.
+        ValueError: ``backend`` is none of the three.
+    """
+    if backend == "numpy":
+        return "numpy"
+    if backend == "torch":
+        _require_torch()
+        return "torch"
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
+    if device is not None and device != "cpu":
+        _require_torch()
+        return "torch"
+    if device is None and _cuda_may_exist():
+        try:
+            import torch
+        except ImportError:
+            return "numpy"
+        if torch.cuda.is_available():
+            return "torch"
+    return "numpy"
+
+
+def class_binner(
+    n_bins: int = DEFAULT_N_BINS, backend: str = "auto", device: str | None = None
+) -> ClassBinner:
+    """A function binning one class map ``(*spatial)``, on the backend chosen once here.
+
+    Args:
+        n_bins: number of bins ``M``.
+        backend: ``"numpy"``, ``"torch"`` or ``"auto"``, as for :func:`resolve_backend`.
+        device: torch device for the torch backend; None: CUDA when available, else
+            the CPU.
+
+    Returns:
+        ``bin_one(p, y) -> BinStats`` of shape ``(M,)`` for ``p`` and ``y`` of one
+        shape.
+
+    Raises:
+        CalibkitError: torch is asked for but not installed.
+    """
+    if resolve_backend(backend, device) == "numpy":
+        return lambda p, y: bin_statistics(p[None], y[None], n_bins, backend="numpy")[0]
+    import torch  # lazy: torch costs seconds to import, and `import calibkit` stays light
+
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return lambda p, y: bin_statistics(p[None], y[None], n_bins, backend="torch", device=chosen)[0]
+
+
+def compiled_kernel_applies(
+    n_bins: int = DEFAULT_N_BINS, backend: str = "auto", device: str | None = None
+) -> bool:
+    """Whether binary targets are binned by the compiled kernel on this backend.
+
+    True when numba is installed, ``backend`` and ``device`` resolve to numpy
+    (:func:`resolve_backend`) and the kernel bins ``n_bins`` exactly. Imports the
+    kernel (numba) only when the other conditions hold.
+
+    Raises:
+        CalibkitError: torch is asked for but not installed.
+    """
+    if not numba_available() or resolve_backend(backend, device) != "numpy":
+        return False
+    from calibkit import _kernels  # lazy: numba costs ~0.5 s to import
+
+    return _kernels.supports(n_bins)
+
+
+def _cuda_may_exist() -> bool:
+    # Cheap check first: importing torch costs seconds on machines that cannot use it.
+    import importlib.util
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (
+        visible not in ("", "-1")
+        and os.path.exists("/proc/driver/nvidia")
+        and importlib.util.find_spec("torch") is not None
+    )
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CalibkitError(
+            "the torch backend needs PyTorch: pip install torch (or use --backend numpy)"
+        ) from None
+
+
+def _is_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor (without importing torch: no torch, no tensor)."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(value, torch_module.Tensor)
+
+
+def _is_cpu(device: str | torch.device | None) -> bool:
+    return device is None or str(device) == "cpu"
+
+
+def _bin_with_torch(
+    probabilities: npt.ArrayLike | torch.Tensor,
+    targets: npt.ArrayLike | torch.Tensor,
+    n_bins: int,
+    device: str | torch.device | None,
+) -> BinStats:
+    """:func:`calibkit.binning_torch.bin_statistics_torch` of numpy or torch inputs."""
+    _require_torch()
+    import torch  # lazy: torch costs seconds to import, and `import calibkit` stays light
+
+    from calibkit.binning_torch import bin_statistics_torch
+
+    if device is not None:
+        chosen = torch.device(device)
+    elif isinstance(probabilities, torch.Tensor):
+        chosen = probabilities.device
+    else:
+        chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def on_device(values: npt.ArrayLike | torch.Tensor) -> torch.Tensor:
+        if isinstance(values, torch.Tensor):
+            return values.to(chosen)
+        return torch.from_numpy(np.ascontiguousarray(values)).to(chosen)
+
+    p, y = on_device(probabilities), on_device(targets)
+    if p.ndim < 1:
+        raise ValueError("probabilities need a leading class axis: (C, *spatial)")
+    return bin_statistics_torch(p, y, n_bins)
 
 
 def _as_rows(rows: list[npt.NDArray[Any]]) -> npt.NDArray[Any] | None:
@@ -261,23 +398,36 @@ def _root(array: npt.NDArray[Any]) -> object:
     return owner
 
 
-def _compiled_kernel(kernel: Kernel, target_dtype: np.dtype[Any], n_bins: int) -> Any:
-    """The numba kernel when it should and can be used, else None (numpy path)."""
-    if kernel not in ("auto", "numba", "numpy"):
-        raise ValueError(f"kernel must be 'auto', 'numba' or 'numpy', got {kernel!r}")
-    if kernel == "numpy" or (kernel == "auto" and target_dtype != np.bool_):
+def _compiled_kernel(
+    kernel: Kernel, target_dtype: np.dtype[Any], n_bins: int
+) -> Callable[..., Any] | None:
+    """The compiled kernel for these targets when it should and can be used, else None.
+
+    ``bin_rows`` for bool targets; ``bin_binary_rows`` (which returns None when a
+    value is not 0 or 1) for the other dtypes it reads.
+    """
+    if kernel == "numpy":
         return None
-    if target_dtype != np.bool_:
-        raise ValueError("the numba kernel needs boolean targets; use kernel='numpy'")
+    if target_dtype != np.bool_ and not _kernel_reads(target_dtype):
+        if kernel == "numba":
+            raise ValueError(_NEEDS_BINARY)
+        return None
     if kernel == "auto" and not numba_available():
         return None
-    from calibkit._kernels import bin_rows, supports
+    from calibkit import _kernels  # lazy: numba costs ~0.5 s to import
 
-    if not supports(n_bins):
+    if not _kernels.supports(n_bins):
         if kernel == "numba":
             raise ValueError(f"the numba kernel supports up to about 400,000 bins, got {n_bins}")
         return None
-    return bin_rows
+    return _kernels.bin_rows if target_dtype == np.bool_ else _kernels.bin_binary_rows
+
+
+def _kernel_reads(dtype: np.dtype[Any]) -> bool:
+    """Whether the compiled kernel reads targets of ``dtype`` (checking each is 0 or 1)."""
+    if not dtype.isnative:
+        return False
+    return dtype.kind in "iu" or (dtype.kind == "f" and dtype.itemsize in (4, 8))
 
 
 def dense_values(array: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
@@ -357,16 +507,3 @@ def flatten_alike(
         "F" if p.flags.f_contiguous and y.flags.f_contiguous and p.ndim > 1 else "C"
     )
     return p.ravel(order=order), y.ravel(order=order)
-
-
-def _safe_divide(
-    numerator: npt.NDArray[np.float64], count: npt.NDArray[np.int64]
-) -> npt.NDArray[np.float64]:
-    out = np.full(numerator.shape, np.nan, dtype=np.float64)
-    np.divide(numerator, count, out=out, where=count > 0)
-    return out
-
-
-def _check_n_bins(n_bins: int) -> None:
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")

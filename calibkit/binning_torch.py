@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from calibkit.binning import DEFAULT_N_BINS, BinStats, bin_edges
+from calibkit.bins import DEFAULT_N_BINS, BinStats, bin_edges
 
 # Voxels (over all classes) per step; bounds the float64 temporaries on the device.
 CHUNK_VOXELS = 1 << 22

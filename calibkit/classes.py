@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from calibkit.binning import dense_values, numba_available
 from calibkit.errors import CalibkitError
 
 PRESETS = ("brats",)
@@ -187,11 +188,9 @@ def class_target(label: npt.NDArray[np.integer], spec: ClassSpec) -> npt.NDArray
 
 def _labels_seen(label: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.bool_]:
     """Which values ``0 .. size - 1`` occur in a label map with values in that range."""
-    from calibkit.binning import dense_values, numba_available
-
     flat = dense_values(label)
     if numba_available() and flat is not None:
-        from calibkit._kernels import values_present
+        from calibkit._kernels import values_present  # lazy: numba costs ~0.5 s to import
 
         return values_present(flat, size)
     # bincount converts to intp: count slabs so the copy stays small.

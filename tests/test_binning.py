@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
-from conftest import edge_probabilities
+from conftest import edge_probabilities, modules_imported
 from monai.metrics.calibration import calibration_binning
 
+from calibkit import binning
 from calibkit.binning import BinStats, assign_bins, bin_edges, bin_statistics
+from calibkit.errors import CalibkitError
 
 
 @pytest.mark.parametrize("n_bins", [*range(1, 301), 500, 1000, 1023, 4096])
@@ -346,3 +350,161 @@ def test_kernel_choice() -> None:
         bin_statistics([[0.5]], [[0.3]], 5, kernel="numba")
     # real-valued targets take the numpy path under "auto"
     assert bin_statistics([[0.5]], [[0.3]], 5).sum_y[0, 2] == pytest.approx(0.3)
+
+
+def _no_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the numpy reference path fail, so that only the compiled kernel can answer."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the numpy reference path was taken")
+
+    monkeypatch.setattr(binning._ChunkBinner, "add", refuse)
+
+
+def _one_hot_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (3, 40, 50, 60) and a label map (40, 50, 60) with values 0..2.
+
+    Over 2^16 voxels per class, so the compiled kernel cuts each class into chunks.
+    """
+    p = rng.random((3, 40, 50, 60), dtype=np.float32)
+    labels = rng.integers(0, 3, size=(40, 50, 60))
+    return p, labels
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int64, np.float32, np.float64])
+def test_binary_targets_of_every_dtype_take_the_kernel(
+    dtype: type, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0/1 targets of any integer or float dtype: the bool path's bins, from the kernel."""
+    pytest.importorskip("numba")
+    p, labels = _one_hot_case(rng)
+    mask = labels[None] == np.arange(3).reshape(3, 1, 1, 1)
+    reference = bin_statistics(p, mask, 20, kernel="numpy")
+    expected = bin_statistics(p, mask, 20)  # bool: the compiled kernel
+    _no_reference_path(monkeypatch)
+    ours = bin_statistics(p, mask.astype(dtype), 20)
+    np.testing.assert_array_equal(ours.count, expected.count)
+    np.testing.assert_array_equal(ours.sum_y, expected.sum_y)
+    # Same kernel, same chunks and summation order as bool targets: bit for bit.
+    np.testing.assert_array_equal(ours.sum_p, expected.sum_p)
+    np.testing.assert_array_equal(ours.count, reference.count)
+    np.testing.assert_array_equal(ours.sum_y, reference.sum_y)
+    # Kernel and reference add the same float32 values in another order: float64
+    # sums of up to 10^5 terms agree to far better than 1e-12 relative.
+    np.testing.assert_allclose(ours.sum_p, reference.sum_p, rtol=1e-12)
+
+
+def test_one_hot_layouts_take_the_kernel(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``np.eye(C, dtype=uint8)[labels]`` and torch's ``one_hot``, channel axis moved first."""
+    pytest.importorskip("numba")
+    p, labels = _one_hot_case(rng)
+    expected = bin_statistics(p, labels[None] == np.arange(3).reshape(3, 1, 1, 1), 20)
+    eye = np.moveaxis(np.eye(3, dtype=np.uint8)[labels], -1, 0)  # a strided view
+    one_hot = torch.nn.functional.one_hot(torch.from_numpy(labels), 3)  # int64 (..., C)
+    from_torch = one_hot.permute(3, 0, 1, 2).numpy()
+    assert eye.dtype == np.uint8 and from_torch.dtype == np.int64
+    _no_reference_path(monkeypatch)
+    for name, targets in {"np.eye": eye, "torch one_hot": from_torch}.items():
+        ours = bin_statistics(p, targets, 20)
+        np.testing.assert_array_equal(ours.count, expected.count, err_msg=name)
+        np.testing.assert_array_equal(ours.sum_y, expected.sum_y, err_msg=name)
+        np.testing.assert_allclose(ours.sum_p, expected.sum_p, rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("layout", ["rows", "one class at a time"])
+@pytest.mark.parametrize("other", [0.3, 2.0, -1.0, np.nan])
+def test_soft_targets_take_the_reference_path(
+    layout: str, other: float, rng: np.random.Generator
+) -> None:
+    """One target that is not 0 or 1, in the last chunk: the whole image is binned as today."""
+    p = rng.random((2, 200_001), dtype=np.float32)
+    y = (rng.random(p.shape) < p).astype(np.float64)
+    y[0, -1] = other
+    if layout == "one class at a time":  # not one strided buffer; the soft class second
+        p, y = p[::-1], y[::-1]
+    reference = bin_statistics(p, y, 20, kernel="numpy")
+    ours = bin_statistics(p, y, 20)
+    # The same path: equal bit for bit, a NaN target making its bin's sum NaN.
+    np.testing.assert_array_equal(ours.count, reference.count)
+    np.testing.assert_array_equal(ours.sum_p, reference.sum_p)
+    np.testing.assert_array_equal(ours.sum_y, reference.sum_y)
+    assert np.isnan(ours.sum_y).any() == np.isnan(other)
+    if binning.numba_available():
+        with pytest.raises(ValueError, match="boolean"):
+            bin_statistics(p, y, 20, kernel="numba")
+    small = np.array([[0, 1, 2]], np.uint8)  # an integer label, not a target
+    stats = bin_statistics([[0.1, 0.5, 0.9]], small, 2)
+    assert stats.sum_y.tolist() == [[1.0, 2.0]]  # 0.5 is in bin 0 (right-closed)
+
+
+def test_torch_inputs_and_devices_take_torch(rng: np.random.Generator) -> None:
+    from calibkit.binning_torch import bin_statistics_torch
+
+    p = rng.random((2, 3000), dtype=np.float32)
+    y = rng.random(p.shape) < p
+    on_torch = bin_statistics_torch(torch.from_numpy(p), torch.from_numpy(y), 20)
+    for stats in (
+        bin_statistics(torch.from_numpy(p), torch.from_numpy(y), 20),  # tensors
+        bin_statistics(p, y, 20, backend="torch", device="cpu"),
+        bin_statistics(p, torch.from_numpy(y.astype(np.uint8)), 20, device="cpu"),
+    ):
+        np.testing.assert_array_equal(stats.count, on_torch.count)
+        np.testing.assert_array_equal(stats.sum_y, on_torch.sum_y)
+        np.testing.assert_array_equal(stats.sum_p, on_torch.sum_p)  # the same function
+    numpy_path = bin_statistics(torch.from_numpy(p), torch.from_numpy(y), 20, backend="numpy")
+    np.testing.assert_array_equal(numpy_path.count, bin_statistics(p, y, 20).count)
+    with pytest.raises(ValueError, match="backend"):
+        bin_statistics(p, y, 20, backend="jax")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CPU kernel"):
+        bin_statistics(p, y, 20, backend="torch", kernel="numba")
+    with pytest.raises(ValueError, match="shape"):
+        bin_statistics(p, y[:, :10], 20, backend="torch", device="cpu")
+
+
+def test_resolve_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert binning.resolve_backend("numpy", None) == "numpy"
+    assert binning.resolve_backend("numpy", "cuda") == "numpy"
+    assert binning.resolve_backend("torch", None) == "torch"
+    assert binning.resolve_backend("auto", "cuda:1") == "torch"  # a device names torch
+    assert binning.resolve_backend("auto", "cpu") == "numpy"
+    monkeypatch.setattr(binning, "_cuda_may_exist", lambda: False)
+    assert binning.resolve_backend("auto", None) == "numpy"
+    with pytest.raises(ValueError, match="backend"):
+        binning.resolve_backend("jax", None)
+    monkeypatch.setitem(sys.modules, "torch", None)  # torch not installed
+    for backend, device in [("torch", None), ("auto", "cuda")]:
+        with pytest.raises(CalibkitError, match=r"needs PyTorch: pip install torch"):
+            binning.resolve_backend(backend, device)
+
+
+def test_class_binner_and_kernel_check(rng: np.random.Generator) -> None:
+    from calibkit.binning_torch import bin_statistics_torch
+
+    p = rng.random((30, 40), dtype=np.float32)
+    y = rng.random(p.shape) < p
+    on_numpy = binning.class_binner(20, "numpy")(p, y)
+    expected = bin_statistics(p[None], y[None], 20)[0]
+    assert on_numpy.shape == ()
+    np.testing.assert_array_equal(on_numpy.count, expected.count)
+    np.testing.assert_array_equal(on_numpy.sum_p, expected.sum_p)
+    on_torch = binning.class_binner(20, "torch", "cpu")(p, y)
+    expected = bin_statistics_torch(torch.from_numpy(p[None]), torch.from_numpy(y[None]), 20)[0]
+    np.testing.assert_array_equal(on_torch.count, expected.count)
+    np.testing.assert_array_equal(on_torch.sum_p, expected.sum_p)
+    assert not binning.compiled_kernel_applies(20, "torch")
+    assert not binning.compiled_kernel_applies(1_700_000, "numpy")
+    assert binning.compiled_kernel_applies(20, "numpy") == binning.numba_available()
+
+
+def test_binning_layers_import_without_circles() -> None:
+    """bins below binning, _kernels and binning_torch; binning imports neither heavy one."""
+    import calibkit.bins
+
+    for name in ("DEFAULT_N_BINS", "BinStats", "bin_edges"):
+        assert getattr(binning, name) is getattr(calibkit.bins, name)
+    assert modules_imported("calibkit.binning, calibkit.classes", {"numba", "torch"}) == []
+    pytest.importorskip("numba")
+    assert modules_imported("calibkit._kernels", {"calibkit.binning"}) == []
+    assert modules_imported("calibkit.binning_torch", {"calibkit.binning"}) == []
