@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,13 +50,16 @@ __all__ = [
     "BinStats",
     "ClassBinner",
     "Kernel",
+    "LabelMapBins",
     "assign_bins",
     "bin_edges",
     "bin_statistics",
+    "bin_with_label_map",
     "class_binner",
     "compiled_kernel_applies",
     "dense_values",
     "flatten_alike",
+    "label_map_pass_applies",
     "numba_available",
     "resolve_backend",
 ]
@@ -280,7 +284,8 @@ def class_binner(
     """
     if resolve_backend(backend, device) == "numpy":
         return lambda p, y: bin_statistics(p[None], y[None], n_bins, backend="numpy")[0]
-    import torch  # lazy: torch costs seconds to import, and `import calibkit` stays light
+    # Deferred: torch costs seconds to import, and `import calibkit` stays light
+    import torch
 
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return lambda p, y: bin_statistics(p[None], y[None], n_bins, backend="torch", device=chosen)[0]
@@ -300,9 +305,84 @@ def compiled_kernel_applies(
     """
     if not numba_available() or resolve_backend(backend, device) != "numpy":
         return False
-    from calibkit import _kernels  # lazy: numba costs ~0.5 s to import
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit import _kernels
 
     return _kernels.supports(n_bins)
+
+
+def label_map_pass_applies(
+    probabilities: npt.NDArray[Any],
+    label: npt.NDArray[Any],
+    n_bins: int = DEFAULT_N_BINS,
+    backend: str = "auto",
+    device: str | None = None,
+) -> bool:
+    """Whether :func:`bin_with_label_map` can bin a case in one compiled pass.
+
+    It needs the compiled kernel on this backend (:func:`compiled_kernel_applies`),
+    float32 probabilities and a native-order integer label map with values in
+    ``[0, 64)`` (each class's targets come from a bit mask of its label values).
+    """
+    if (
+        probabilities.dtype != np.float32
+        or label.dtype.kind not in "iu"
+        or not label.dtype.isnative
+        or label.size == 0
+        or not compiled_kernel_applies(n_bins, backend, device)
+    ):
+        return False
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit._kernels import TARGET_BITS
+
+    return 0 <= int(label.min()) and int(label.max()) < TARGET_BITS
+
+
+@dataclass(frozen=True)
+class LabelMapBins:
+    """Bins of one class map whose targets came from label values, and its Dice counts.
+
+    Attributes:
+        stats: the class's bins, shape ``(M,)``.
+        predicted: voxels with ``p >= threshold``.
+        intersection: of those, the voxels whose label is one of the class's.
+    """
+
+    stats: BinStats
+    predicted: int
+    intersection: int
+
+
+def bin_with_label_map(
+    probabilities: npt.NDArray[np.float32],
+    label: npt.NDArray[np.integer],
+    n_bins: int,
+    *,
+    target_labels: tuple[int, ...],
+    threshold: float,
+) -> LabelMapBins:
+    """Bins of one class map ``(*spatial)``, its targets and Dice counts in one pass.
+
+    The target of a voxel is ``label in target_labels``; nothing of the size of the
+    volume is allocated for it. Use where :func:`label_map_pass_applies` holds; the
+    result equals :func:`bin_statistics` of ``p`` against ``isin(label, target_labels)``.
+    """
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit._kernels import bin_flat
+
+    p, codes = flatten_alike(probabilities, label)
+    result = bin_flat(
+        np.ascontiguousarray(p, dtype=np.float32),
+        np.ascontiguousarray(codes),
+        n_bins,
+        target_labels=target_labels,
+        threshold=threshold,
+    )
+    return LabelMapBins(
+        stats=BinStats(result.count, result.sum_p, result.sum_y),
+        predicted=result.predicted,
+        intersection=result.intersection,
+    )
 
 
 def _cuda_may_exist() -> bool:
@@ -344,7 +424,8 @@ def _bin_with_torch(
 ) -> BinStats:
     """:func:`calibkit.binning_torch.bin_statistics_torch` of numpy or torch inputs."""
     _require_torch()
-    import torch  # lazy: torch costs seconds to import, and `import calibkit` stays light
+    # Deferred: torch costs seconds to import, and `import calibkit` stays light
+    import torch
 
     from calibkit.binning_torch import bin_statistics_torch
 
@@ -414,7 +495,8 @@ def _compiled_kernel(
         return None
     if kernel == "auto" and not numba_available():
         return None
-    from calibkit import _kernels  # lazy: numba costs ~0.5 s to import
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit import _kernels
 
     if not _kernels.supports(n_bins):
         if kernel == "numba":

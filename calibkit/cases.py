@@ -15,8 +15,6 @@ Every workflow goes through here: ``evaluate`` (locally or through an executor),
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from calibkit.binning import BinStats, bin_statistics, flatten_alike, numba_available
+from calibkit.binning import BinStats, bin_with_label_map, class_binner, label_map_pass_applies
 from calibkit.classes import (
     ClassPlan,
     class_probability,
@@ -51,7 +49,6 @@ __all__ = [
     "class_plan",
     "evaluate_case",
     "load_case",
-    "resolve_backend",
     "softmax_sum_problem",
     "to_probabilities",
 ]
@@ -261,7 +258,7 @@ def case_statistics(
     """
     if _one_pass_applies(probabilities, label, options):
         return _one_pass_case_statistics(probabilities, label, plan, options)
-    bin_one_class = _class_binner(options)
+    bin_one_class = class_binner(options.n_bins, options.backend, options.device)
     predicted_channel = argmax_channel(probabilities) if options.dice_mode == "argmax" else None
     threshold = np.float32(options.dice_threshold)
     per_class: list[BinStats] = []
@@ -291,26 +288,13 @@ def _one_pass_applies(
     label: npt.NDArray[np.integer],
     options: EvaluationOptions,
 ) -> bool:
-    """Whether bins, targets and Dice counts can come from one compiled pass.
+    """Whether bins, targets and Dice counts of a case come from one compiled pass.
 
-    It needs numba, the numpy backend, threshold Dice, float32 probabilities and a
-    label map with values in ``[0, 64)`` (the targets come from a bit mask of each
-    class's labels).
+    Threshold Dice, and what :func:`calibkit.binning.label_map_pass_applies` needs.
     """
-    if (
-        not numba_available()
-        or options.dice_mode != "threshold"
-        or resolve_backend(options.backend, options.device) != "numpy"
-        or probabilities.dtype != np.float32
-        or label.dtype.kind not in "iu"
-        or not label.dtype.isnative
-        or label.size == 0
-    ):
-        return False
-    # Deferred: numba (about 0.5 s to import) or torch, only on the path that needs it.
-    from calibkit._kernels import TARGET_BITS, supports
-
-    return supports(options.n_bins) and 0 <= int(label.min()) and int(label.max()) < TARGET_BITS
+    return options.dice_mode == "threshold" and label_map_pass_applies(
+        probabilities, label, options.n_bins, options.backend, options.device
+    )
 
 
 def _one_pass_case_statistics(
@@ -319,95 +303,22 @@ def _one_pass_case_statistics(
     plan: ClassPlan,
     options: EvaluationOptions,
 ) -> tuple[BinStats, OverlapCounts]:
-    # Deferred: numba (about 0.5 s to import) or torch, only on the path that needs it.
-    from calibkit._kernels import bin_flat
-
-    results = []
-    for spec in plan.classes:
-        p, codes = flatten_alike(class_probability(probabilities, spec), label)
-        results.append(
-            bin_flat(
-                np.ascontiguousarray(p, dtype=np.float32),
-                np.ascontiguousarray(codes),
-                options.n_bins,
-                target_labels=spec.labels,
-                threshold=options.dice_threshold,
-            )
+    results = [
+        bin_with_label_map(
+            class_probability(probabilities, spec),
+            label,
+            options.n_bins,
+            target_labels=spec.labels,
+            threshold=options.dice_threshold,
         )
-    stats = BinStats(
-        np.stack([r.count for r in results]),
-        np.stack([r.sum_p for r in results]),
-        np.stack([r.sum_y for r in results]),
-    )
+        for spec in plan.classes
+    ]
     overlap = OverlapCounts(
         intersection=np.array([r.intersection for r in results], dtype=np.int64),
         predicted=np.array([r.predicted for r in results], dtype=np.int64),
-        truth=np.array([int(r.sum_y.sum()) for r in results], dtype=np.int64),
+        truth=np.array([int(r.stats.sum_y.sum()) for r in results], dtype=np.int64),
     )
-    return stats, overlap
-
-
-def _class_binner(
-    options: EvaluationOptions,
-) -> Callable[[npt.NDArray[np.float32], npt.NDArray[np.bool_]], BinStats]:
-    """A function binning one class map ``(*spatial)`` with the chosen backend."""
-    n_bins = options.n_bins
-    if resolve_backend(options.backend, options.device) == "numpy":
-        return lambda p, y: bin_statistics(p[None], y[None], n_bins)[0]
-
-    # Deferred: numba (about 0.5 s to import) or torch, only on the path that needs it.
-    import torch
-
-    from calibkit.binning_torch import bin_statistics_torch
-
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    def bin_with_torch(p: npt.NDArray[np.float32], y: npt.NDArray[np.bool_]) -> BinStats:
-        p_tensor = torch.from_numpy(np.ascontiguousarray(p)[None]).to(device)
-        y_tensor = torch.from_numpy(np.ascontiguousarray(y)[None]).to(device)
-        return bin_statistics_torch(p_tensor, y_tensor, n_bins)[0]
-
-    return bin_with_torch
-
-
-def resolve_backend(backend: str, device: str | None) -> str:
-    """``"numpy"`` or ``"torch"``: ``auto`` picks torch only when a CUDA device is usable."""
-    if backend != "auto":
-        if backend == "torch":
-            _require_torch()
-        return backend
-    if device is not None and device != "cpu":
-        _require_torch()
-        return "torch"
-    if device is None and _cuda_may_exist():
-        try:
-            import torch
-        except ImportError:
-            return "numpy"
-        if torch.cuda.is_available():
-            return "torch"
-    return "numpy"
-
-
-def _cuda_may_exist() -> bool:
-    # Cheap check first: importing torch costs seconds on machines that cannot use it.
-    import importlib.util
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (
-        visible not in ("", "-1")
-        and os.path.exists("/proc/driver/nvidia")
-        and importlib.util.find_spec("torch") is not None
-    )
-
-
-def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise CalibkitError(
-            "the torch backend needs PyTorch: pip install torch (or use --backend numpy)"
-        ) from None
+    return BinStats.stack([r.stats for r in results]), overlap
 
 
 def calibrated_probabilities(

@@ -190,7 +190,8 @@ def _labels_seen(label: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.bo
     """Which values ``0 .. size - 1`` occur in a label map with values in that range."""
     flat = dense_values(label)
     if numba_available() and flat is not None:
-        from calibkit._kernels import values_present  # lazy: numba costs ~0.5 s to import
+        # Deferred: numba costs ~0.5 s to import
+        from calibkit._kernels import values_present
 
         return values_present(flat, size)
     # bincount converts to intp: count slabs so the copy stays small.

@@ -54,7 +54,7 @@ __getattr__ = moved_names(
         "case_statistics": "calibkit.cases",
         "softmax_sum_problem": "calibkit.cases",
         "argmax_channel": "calibkit.cases",
-        "resolve_backend": "calibkit.cases",
+        "resolve_backend": "calibkit.binning",
         "PROBABILITY_TOLERANCE": "calibkit.cases",
         "SOFTMAX_SUM_TOLERANCE": "calibkit.cases",
     },
