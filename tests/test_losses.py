@@ -17,7 +17,7 @@ from conftest import edge_probabilities
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import calibkit.losses as losses
+import calibkit.losses._bin_sums as bin_sums
 from calibkit.binning import assign_bins, bin_edges, bin_statistics
 from calibkit.binning_torch import bin_index, fast_bin_index
 from calibkit.errors import CalibkitError
@@ -462,8 +462,9 @@ def test_chunked_and_real_scatter_paths_agree(
         return value, grad
 
     whole = value_and_grad()
-    monkeypatch.setattr(losses, "CPU_CHUNK_VOXELS", 1)  # 256 voxels per pair and step
-    monkeypatch.setattr(losses, "COMPLEX_SCATTER_DEVICES", ())
+    monkeypatch.setattr(bin_sums, "CPU_CHUNK_VOXELS", 1)  # 256 voxels per pair and step
+    monkeypatch.setattr(bin_sums, "COMPLEX_SCATTER_DEVICES", ())
+    assert len(bin_sums._chunks(5000, 6, torch.device("cpu"))) == 20  # ceil(5000 / 256)
     chunked = value_and_grad()
     torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked[1], whole[1], rtol=1e-4, atol=1e-7)

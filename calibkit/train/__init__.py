@@ -6,7 +6,11 @@ when a function here runs. Modules:
 - :mod:`calibkit.train.config`: :class:`TrainConfig`, presets, config files.
 - :mod:`calibkit.train.data`: BraTS / MSD / nnU-Net case discovery, split, augmentations.
 - :mod:`calibkit.train.model`: the MONAI ``UNet`` of the paper, checkpoint reading.
-- :mod:`calibkit.train.loop`: :func:`train` (validation, checkpoints, resume, DDP).
+- :mod:`calibkit.train.loop`: :func:`train`, the epoch loop and the run folder, built on
+  :mod:`~calibkit.train.validation` (Dice / ACE / ECE / MCE of the validation cases),
+  :mod:`~calibkit.train.history` (``metrics.csv``), :mod:`~calibkit.train.state`
+  (checkpoints, random state, exact resume) and :mod:`~calibkit.train.distributed`
+  (the ``torchrun`` process group).
 - :mod:`calibkit.train.predict`: :func:`predict_folder` (sliding-window inference).
 """
 

@@ -22,27 +22,18 @@ global batch and of the validation cases.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from calibkit._version import __version__
-from calibkit.cases import case_statistics
-from calibkit.classes import resolve_classes
 from calibkit.errors import CalibkitError, InputError, OutputError
 from calibkit.io.atomic import atomic_path, atomic_write_text
-from calibkit.metrics import calibration_errors, macro_summary, per_image_mean
-from calibkit.records import EvaluationOptions
 from calibkit.train.config import (
     CONFIG_FILE,
     RESUME_OVERRIDABLE,
@@ -57,18 +48,27 @@ from calibkit.train.data import (
     SampleBatches,
     TrainingSamples,
     find_cases,
-    load_case,
     make_split,
     read_split,
 )
-from calibkit.train.model import PAPER_UNET, build_model, read_checkpoint, require_monai
-from calibkit.train.predict import resolve_device, sliding_window_logits
+from calibkit.train.distributed import _configure_torch, _Distributed
+from calibkit.train.history import _column, _write_metrics, metric_columns
+from calibkit.train.model import PAPER_UNET, build_model, require_monai
+from calibkit.train.state import (
+    CHECKPOINT_FORMAT,
+    _load_state,
+    _restore_rng,
+    _rng_state,
+    _save,
+    _seed_everything,
+)
+from calibkit.train.validation import REGIONS, VAL_METRICS, ValidationResult, _merge, validate
 
 if TYPE_CHECKING:
     import torch
 
     from calibkit.losses import CombinedLoss
-    from calibkit.train.data import Case, DataSet, Split
+    from calibkit.train.data import DataSet, Split
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -84,11 +84,7 @@ __all__ = [
     "validate",
 ]
 
-CHECKPOINT_FORMAT = "calibkit-train-1"
-REGIONS = ("ET", "TC", "WT")
-VAL_METRICS = ("dice", "ace", "ece", "mce")
 SPLIT_FILE = "split.json"
-METRICS_FILE = "metrics.csv"
 
 
 class TrainProgress(Protocol):
@@ -162,50 +158,6 @@ class TrainResult:
     seconds_per_iteration: float
     world_size: int
     notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """Validation metrics per case: arrays ``(cases, 3)`` over the regions ET, TC, WT."""
-
-    case_ids: tuple[str, ...]
-    dice: np.ndarray
-    ace: np.ndarray
-    ece: np.ndarray
-    mce: np.ndarray
-
-    def row(self) -> dict[str, float]:
-        """``val_{metric}_{region}`` means over cases, and ``val_{metric}_mean``.
-
-        ``mean`` is the mean over cases of the per-case NaN-mean over regions, as
-        ``calibkit evaluate``'s ``mean`` row.
-        """
-
-        row: dict[str, float] = {}
-        for metric in VAL_METRICS:
-            values = getattr(self, metric)
-            per_region = macro_summary(values, axis=0).mean
-            for region, value in zip(REGIONS, per_region, strict=True):
-                row[f"val_{metric}_{region}"] = float(value)
-            row[f"val_{metric}_mean"] = float(macro_summary(per_image_mean(values)).mean)
-        return row
-
-
-def metric_columns(term_names: Sequence[str]) -> list[str]:
-    """The columns of ``metrics.csv`` for a loss with these terms.
-
-    Example:
-        >>> metric_columns(["dsc", "soft-ace"])[:4]
-        ['epoch', 'train_loss', 'train_dsc', 'train_soft_ace']
-    """
-    columns = ["epoch", "train_loss", *(f"train_{_column(name)}" for name in term_names)]
-    for metric in VAL_METRICS:
-        columns += [f"val_{metric}_{region}" for region in (*REGIONS, "mean")]
-    return [*columns, "best", "lr", "seconds", "seconds_per_iteration"]
-
-
-def _column(term: str) -> str:
-    return term.replace("-", "_")
 
 
 # --------------------------------------------------------------------------- entry points
@@ -372,103 +324,6 @@ def _write_run_files(
         source = Path(config_source)
         with atomic_path(run_dir / f"config.input{source.suffix.lower()}") as tmp:
             shutil.copyfile(source, tmp)
-
-
-class _Distributed:
-    """The process group as ``torchrun`` describes it in the environment."""
-
-    def __init__(self, world: int, rank: int, local_rank: int, local_world: int) -> None:
-        self.world = world
-        self.rank = rank
-        self.local_rank = local_rank
-        self.local_world = local_world
-        self.device: torch.device = _cpu()
-
-    @classmethod
-    def from_env(cls) -> _Distributed:
-        def number(name: str, default: int) -> int:
-            try:
-                return int(os.environ.get(name, default))
-            except ValueError:
-                raise CalibkitError(f"environment variable {name} must be an integer") from None
-
-        world = number("WORLD_SIZE", 1)
-        return cls(
-            world,
-            number("RANK", 0),
-            number("LOCAL_RANK", 0),
-            number("LOCAL_WORLD_SIZE", world),
-        )
-
-    @property
-    def is_writer(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device_name: str) -> bool:
-        """Pick the device; join the process group when there are several processes."""
-        import torch
-        import torch.distributed as torch_dist
-
-        self.device = resolve_device(device_name, self.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if self.world <= 1 or torch_dist.is_initialized():
-            return False
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        torch_dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
-        return True
-
-    def destroy(self) -> None:
-        import torch.distributed as torch_dist
-
-        if torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as torch_dist
-
-            torch_dist.barrier()
-
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Average scalars over processes."""
-        if self.world <= 1:
-            return values
-        import torch
-        import torch.distributed as torch_dist
-
-        keys = sorted(values)
-        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        torch_dist.all_reduce(tensor)
-        return {k: float(v) / self.world for k, v in zip(keys, tensor.tolist(), strict=True)}
-
-    def gather(self, item: Any) -> list[Any]:
-        if self.world <= 1:
-            return [item]
-        import torch.distributed as torch_dist
-
-        items: list[Any] = [None] * self.world
-        torch_dist.all_gather_object(items, item)
-        return items
-
-
-def _cpu() -> torch.device:
-    import torch
-
-    return torch.device("cpu")
-
-
-def _configure_torch(config: TrainConfig, device: torch.device, dist: _Distributed) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    elif dist.world > 1 and device.type == "cpu":
-        # Several CPU processes on one machine: share the cores instead of oversubscribing.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, dist.local_world)))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -652,181 +507,8 @@ def _run(
     )
 
 
-def validate(
-    model: torch.nn.Module,
-    cases: Sequence[Case],
-    label_map: dict[int, int],
-    config: TrainConfig,
-    device: torch.device,
-    cache: dict[str, Any] | None = None,
-) -> ValidationResult:
-    """Whole-volume sliding-window validation: Dice, ACE, ECE, MCE per case and region.
-
-    The numbers come from the same code as ``calibkit evaluate --preset brats``
-    (bins of :func:`calibkit.binning.bin_statistics`, Dice at p >= 0.5).
-    """
-    import torch
-
-    plan = resolve_classes(4, preset="brats")
-    options = EvaluationOptions(n_bins=config.n_bins, preset="brats", backend="numpy")
-    was_training = model.training
-    threads = torch.get_num_threads()
-    model.eval()
-    rows: dict[str, list[np.ndarray]] = {metric: [] for metric in VAL_METRICS}
-    try:
-        for case in cases:
-            data = None if cache is None else cache.get(case.case_id)
-            if data is None:
-                data = load_case(case, label_map)
-                if cache is not None and _cache_allows(cache, data, config.cache_mb):
-                    cache[case.case_id] = data
-            logits = sliding_window_logits(
-                model,
-                data.image,
-                roi_size=config.patch_size,
-                sw_batch_size=config.sw_batch_size,
-                overlap=config.sw_overlap,
-                device=device,
-                amp=config.amp,
-            )
-            probabilities = torch.softmax(logits, dim=0).numpy()
-            assert data.label is not None
-            stats, overlap = case_statistics(probabilities, data.label[0], plan, options)
-            # numba's OpenMP layer resets the OpenMP thread count that torch shares; a
-            # changed count changes the order of torch's sums, so resumed runs would drift.
-            torch.set_num_threads(threads)
-            errors = calibration_errors(stats)
-            rows["dice"].append(overlap.dice)
-            rows["ace"].append(errors.ace)
-            rows["ece"].append(errors.ece)
-            rows["mce"].append(errors.mce)
-    finally:
-        model.train(was_training)
-    arrays = {
-        metric: np.array(values, dtype=np.float64).reshape(len(cases), len(REGIONS))
-        for metric, values in rows.items()
-    }
-    return ValidationResult(tuple(case.case_id for case in cases), **arrays)
-
-
-def _cache_allows(cache: dict[str, Any], data: Any, cache_mb: int) -> bool:
-    used = sum(int(item.image.nbytes) for item in cache.values()) + int(data.image.nbytes)
-    return used / 2**20 <= cache_mb
-
-
-def _merge(parts: Sequence[ValidationResult]) -> ValidationResult:
-    ids = tuple(case for part in parts for case in part.case_ids)
-    arrays = {
-        metric: np.concatenate([getattr(part, metric) for part in parts], axis=0)
-        for metric in VAL_METRICS
-    }
-    return ValidationResult(ids, **arrays)
-
-
 def _worker_init(worker_id: int) -> None:
     import torch
 
     # Workers run MONAI transforms; threads inside each would oversubscribe the cores.
     torch.set_num_threads(1)
-
-
-# --------------------------------------------------------------------------- state
-
-
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002  (the global state is what is saved)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    bit_generator = np.random.get_state(legacy=False)  # noqa: NPY002
-    assert isinstance(bit_generator, dict)
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(bit_generator["state"]["key"].astype(np.int64)),
-            "pos": int(bit_generator["state"]["pos"]),
-            "has_gauss": int(bit_generator["has_gauss"]),
-            "gauss": float(bit_generator["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: Mapping[str, Any]) -> None:
-    import torch
-
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        {
-            "bit_generator": "MT19937",
-            "state": {
-                "key": numpy_state["key"].numpy().astype(np.uint32),
-                "pos": int(numpy_state["pos"]),
-            },
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
-
-    state = read_checkpoint(path)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, "is not a checkpoint of calibkit train; cannot resume from it")
-    saved = TrainConfig.from_dict(state["config"], str(path))
-    for key in saved.to_dict():
-        if key in (*RESUME_OVERRIDABLE, "out"):
-            continue
-        if getattr(saved, key) != getattr(config, key):
-            raise InputError(
-                path,
-                f"was trained with {key}={getattr(saved, key)!r}, the run's config.toml says "
-                f"{getattr(config, key)!r}; restore config.toml or start a new run",
-            )
-    if int(state["epoch"]) > config.epochs:
-        raise CalibkitError(
-            f"{path}: already trained for {state['epoch']} epochs, more than --epochs "
-            f"{config.epochs}"
-        )
-    return state
-
-
-def _save(state: Mapping[str, Any], path: Path) -> None:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-
-
-def _write_metrics(run_dir: Path, history: Sequence[Mapping[str, Any]], loss_fn: Any) -> None:
-    columns = metric_columns([term.name for term in loss_fn.terms])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in history:
-        writer.writerow([_cell(row.get(column)) for column in columns])
-    atomic_write_text(run_dir / METRICS_FILE, buffer.getvalue())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return str(value)
