@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -221,6 +222,26 @@ def test_nibabel_header_fixes_stay_off_stderr(
     path.write_bytes(bytes(raw))
     assert "vox offset -1 too low" in _user_error(path)
     assert capfd.readouterr().err == ""
+
+
+def test_scl_slope_overflow_is_one_error_without_warnings(tmp_path: Path) -> None:
+    # Found by fuzzing: scl_slope 1e38 on uint8 data printed numpy's "overflow
+    # encountered in multiply" RuntimeWarning (two lines) above the error line.
+    image = nib.Nifti1Image(np.full((2, 2, 2, 2), 200, np.uint8), np.eye(4))
+    image.header.set_slope_inter(1e38, 0.0)
+    path = tmp_path / "p.nii.gz"
+    nib.save(image, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "8 infinite values in channel 0" in _user_error(path)
+
+
+def test_npz_float64_beyond_float32_is_one_error_without_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "p.npz"
+    np.savez(path, probabilities=np.full((1, 2, 2, 2), 1e300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "8 infinite values in channel 0" in _user_error(path)
 
 
 def test_cli_error_for_a_bomb_is_one_line_and_leaves_no_output(tmp_path: Path) -> None:

@@ -380,7 +380,9 @@ def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray]:
     stored = np.dtype(img.get_data_dtype())
     if stored.kind not in "biuf":
         raise InputError(path, f"stores {stored} values; expected float or integer probabilities")
-    with _read_errors(path, "NIfTI"):
+    # Scaling may overflow float32 (scl_slope 1e38): the infinities are then reported
+    # by _check_finite as one error, not as numpy's RuntimeWarning lines on stderr.
+    with _read_errors(path, "NIfTI"), np.errstate(over="ignore", invalid="ignore"):
         if ndim > 3 and stored.itemsize > 4:
             # float64 / int64 storage: read one channel at a time so that no
             # float64 copy of the whole volume exists at once.
@@ -443,7 +445,8 @@ def _read_npz_prediction(path: Path) -> np.ndarray:
             path, f"'probabilities' stores {probabilities.dtype} values; expected floats"
         )
     if probabilities.dtype != np.dtype(np.float32):
-        probabilities = probabilities.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused by _check_finite
+            probabilities = probabilities.astype(np.float32)
     return probabilities.transpose(0, 3, 2, 1)
 
 
