@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -509,6 +510,7 @@ def decode(path: Path) -> np.ndarray:
         Undecodable: the reader fails, or the file claims implausibly much data.
     """
     name = path.name
+    logging.getLogger("nibabel.global").disabled = True  # its header "fixes" are noise here
     try:
         if name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
