@@ -29,6 +29,7 @@ import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -539,6 +540,10 @@ def decode(path: Path) -> np.ndarray:
             return array.transpose(3, 2, 1, 0)
         import SimpleITK as sitk
 
+        head = path.read_bytes()[:4096]
+        ndims = re.search(rb"^NDims = ([+-]?\d+)", head, re.M)
+        if ndims and not 1 <= int(ndims.group(1)) <= 5:
+            raise Undecodable("NDims that crashes SimpleITK")
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         with fd2_captured() as printed:
@@ -550,7 +555,18 @@ def decode(path: Path) -> np.ndarray:
         )
         if claimed > min(path.stat().st_size * 1032, ORACLE_LIMIT):
             raise Undecodable(f"claims {claimed} bytes")
-        data_file = re.search(rb"^ElementDataFile = (.*)$", path.read_bytes()[:4096], re.M)
+        data_file = re.search(rb"^ElementDataFile = (.*)$", head, re.M)
+        flag = re.search(rb"^CompressedData = (\S*)", head, re.M)
+        compressed = flag and not flag.group(1).lower().startswith((b"f", b"0"))
+        if data_file and data_file.group(1) == b"LOCAL" and compressed:
+            # MetaIO silently leaves what a short stream lacks uninitialised
+            stream = path.read_bytes()[data_file.end() + 1 :]
+            try:
+                inflated = zlib.decompressobj(wbits=47).decompress(stream, claimed + 1)
+            except zlib.error as error:
+                raise Undecodable(f"compressed data: {error}") from error
+            if len(inflated) < claimed:
+                raise Undecodable(f"{len(inflated)} bytes inflated, {claimed} claimed")
         if data_file and data_file.group(1) != b"LOCAL":
             if not (path.parent / data_file.group(1).decode("latin1")).is_file():
                 raise Undecodable("its data file is not a regular file")  # could block

@@ -11,6 +11,8 @@ import gzip
 import io
 import logging
 import struct
+import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -184,18 +186,24 @@ def test_mha_uncompress_failure_is_refused_not_read_as_garbage(tmp_path: Path) -
     # uninitialised memory, which was evaluated (different numbers each run).
     path = _mha(tmp_path / "p.mha")
     _edit_mha_header(path, "CompressedData = False", "CompressedData = True")
-    assert "Uncompress failed" in _user_error(path)
+    assert "while decompressing data" in _user_error(path)
 
 
-def test_mha_truncated_compressed_data_names_the_reason(
+def test_mha_truncated_compressed_data_is_refused(tmp_path: Path) -> None:
+    path = _mha(tmp_path / "p.mha", compressed=True)
+    path.write_bytes(path.read_bytes()[:-10])
+    assert "bytes after its header (uncompressed) (truncated or corrupt" in _user_error(path)
+
+
+def test_simpleitk_printed_read_failure_becomes_the_error(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # Found by fuzzing: MetaIO's "data not read completely" went to stderr as extra
     # lines below the error line, which said "No such file or directory".
-    path = _mha(tmp_path / "p.mha", compressed=True)
-    path.write_bytes(path.read_bytes()[:-10])
+    path = _mha(tmp_path / "p.mha")
+    _edit_mha_header(path, "ElementDataFile", "HeaderSize = 99999999\nElementDataFile")
     message = _user_error(path)
-    assert "(truncated or corrupt file: MetaImage: M_ReadElementsData: data not read" in message
+    assert "file: MetaImage: M_ReadElementsData: data not read completely ideal = 1680" in message
     assert capfd.readouterr().err == ""
 
 
@@ -210,6 +218,57 @@ def test_mha_data_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> 
     path = _mha(tmp_path / "p.mha")
     _edit_mha_header(path, "ElementDataFile = LOCAL", "ElementDataFile = /dev/zero")
     assert "its data file '/dev/zero' is missing or not a regular file" in _user_error(path)
+
+
+@pytest.mark.parametrize("ndims", ["-3", "99999999999"])
+def test_mha_ndims_that_crash_simpleitk_are_refused(tmp_path: Path, ndims: str) -> None:
+    # Found by fuzzing: SimpleITK's ReadImageInformation segfaults on these (the
+    # worker process died). A real CLI process, so that a regression is a failed
+    # test rather than a crashed test run.
+    preds, labels = tmp_path / "preds", tmp_path / "labels"
+    preds.mkdir()
+    labels.mkdir()
+    path = _mha(preds / "c_pred.mha")
+    _edit_mha_header(path, "NDims = 3", f"NDims = {ndims}")
+    _nifti(labels / "c_seg.nii.gz", np.zeros((5, 6, 7), np.uint8))
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "calibkit", "evaluate", preds, labels, "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert completed.stderr.count("\n") == 1 and not out.exists()
+    assert f"error: {path}: header gives NDims = {ndims}, not a number" in completed.stderr
+
+
+def test_compressed_mha_stream_shorter_than_its_image_is_refused(tmp_path: Path) -> None:
+    # Found by fuzzing: ElementType changed to MET_DOUBLE on compressed float data;
+    # MetaIO inflated half the image, silently left the rest uninitialised, and the
+    # NaNs or numbers there differed from run to run.
+    path = _mha(tmp_path / "p.mha", compressed=True)
+    _edit_mha_header(path, "ElementType = MET_FLOAT", "ElementType = MET_DOUBLE")
+    message = _user_error(path)
+    assert "3.4e+03 bytes (3.3 KiB) of data, but the file holds 1680 bytes after its" in message
+    assert "header (uncompressed)" in message
+
+
+def test_mha_compressed_flag_spelt_oddly_is_read_as_simpleitk_reads_it(tmp_path: Path) -> None:
+    # Found by fuzzing: "CompressedData = Tpue" (a flipped byte) is compressed for
+    # MetaIO, but calibkit's size check took the data as raw and refused the file.
+    path = _mha(tmp_path / "p.mha", compressed=True)
+    _edit_mha_header(path, "CompressedData = True", "CompressedData = Tpue")
+    np.testing.assert_array_equal(read_prediction(path).array, np.full((2, 5, 6, 7), 0.5))
+
+
+def test_nifti_infinite_vox_offset_is_one_line(tmp_path: Path) -> None:
+    # Found by fuzzing: nibabel's int(vox_offset) raised OverflowError (traceback).
+    path = _nifti(tmp_path / "p.nii", np.full((2, 2, 2), 0.5, np.float32))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<f", raw, 108, float("inf"))
+    path.write_bytes(bytes(raw))
+    assert "cannot convert float infinity to integer" in _user_error(path)
 
 
 def test_nibabel_header_fixes_stay_off_stderr(

@@ -84,6 +84,7 @@ def _read_errors_types() -> tuple[type[BaseException], ...]:
     return (
         OSError,  # includes gzip.BadGzipFile and nibabel's "Expected N bytes" truncation
         EOFError,
+        OverflowError,  # nibabel: vox_offset inf
         zlib.error,
         ValueError,
         ImageFileError,
@@ -329,22 +330,25 @@ def _check_nifti_claim(path: Path, shape: tuple[int, ...], itemsize: int, offset
         trailer_length = int.from_bytes(stream.read(4), "little")
     if trailer_length == needed % 2**32:
         return
-    actual = _gzip_length(path, needed)
+    actual = _inflated_length(path, 0, needed)
     if actual < needed:
         raise _claim_error(
             path, what, claimed, f"{max(0, actual - offset)} bytes after its header (uncompressed)"
         )
 
 
-def _gzip_length(path: Path, enough: int) -> int:
-    """Decompressed length of a gzip file, counted in 1 MiB steps up to ``enough``.
+def _inflated_length(path: Path, start: int, enough: int, wbits: int = 31) -> int:
+    """Decompressed length of the deflate stream(s) from byte ``start`` of a file,
+    counted in 1 MiB steps (nothing kept) and only up to ``enough``.
 
-    Follows further gzip members; bytes after a complete member that do not start a
-    new one end the count (gzip readers differ on such padding; the read decides).
+    ``wbits``: 31 for gzip, 47 for zlib or gzip. Follows further gzip members; bytes
+    after a complete stream that do not start a new one end the count (readers
+    differ on such padding; the read itself decides).
     """
-    total, carry, members = 0, b"", 0
-    decompressor = zlib.decompressobj(wbits=31)
+    total, carry, streams = 0, b"", 0
+    decompressor = zlib.decompressobj(wbits=wbits)
     with path.open("rb") as stream:
+        stream.seek(start)
         while total < enough:
             chunk = decompressor.unconsumed_tail or carry or stream.read(1 << 20)
             carry = b""
@@ -353,13 +357,13 @@ def _gzip_length(path: Path, enough: int) -> int:
             try:
                 total += len(decompressor.decompress(chunk, 1 << 20))
             except zlib.error:
-                if members:
+                if streams:
                     break
                 raise
             if decompressor.eof:
-                members += 1
+                streams += 1
                 carry = decompressor.unused_data
-                decompressor = zlib.decompressobj(wbits=31)
+                decompressor = zlib.decompressobj(wbits=wbits)
     return total
 
 
@@ -524,6 +528,8 @@ def _read_sitk(path: Path, *, as_float32: bool) -> tuple[np.ndarray, np.ndarray]
 
     kind = f"{split_suffix(path)[1][1:].upper()} (SimpleITK)"
     with _read_errors(path, kind):
+        if path.suffix.lower() in (".mha", ".mhd"):
+            _check_metaimage_dimension(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         with _sitk_messages(path, kind):
@@ -593,6 +599,19 @@ def _sitk_messages(path: Path, kind: str) -> Iterator[None]:
         raise error
 
 
+def _check_metaimage_dimension(path: Path) -> None:
+    """Refuse an ``NDims`` that SimpleITK cannot survive (-3 or 99999999999 crash it)."""
+    with path.open("rb") as stream:
+        head = stream.read(1 << 16).decode("latin1")
+    ndims = re.search(r"^\s*NDims\s*=\s*([+-]?\d+)", head, re.M)
+    if ndims is not None and not 1 <= int(ndims.group(1)) <= 5:
+        raise InputError(
+            path,
+            f"header gives NDims = {ndims.group(1)}, not a number of dimensions (corrupt "
+            "header); expected a 3-D scalar or vector image",
+        )
+
+
 def _check_sitk_claim(path: Path, size: tuple[int, ...], components: int, pixel_type: str) -> None:
     """Refuse a header whose image cannot fit in its data, before ITK allocates it."""
     bits = re.search(r"(\d+)-bit", pixel_type)
@@ -600,23 +619,27 @@ def _check_sitk_claim(path: Path, size: tuple[int, ...], components: int, pixel_
     if "complex" in pixel_type:
         itemsize *= 2
     claimed = math.prod(size) * components * itemsize
-    bound = _sitk_data_bound(path)
+    bound = _sitk_data_bound(path, claimed)
     if bound is not None and claimed > bound[0]:
         raise _claim_error(
             path, f"size {size} x {components} x {itemsize} bytes", claimed, bound[1]
         )
 
 
-def _sitk_data_bound(path: Path) -> tuple[int, str] | None:
+def _sitk_data_bound(path: Path, claimed: int) -> tuple[int, str] | None:
     """Most data bytes a MetaImage or NRRD file (or its data file) can hold, and how
     that reads in a message; None when the header does not tell (file lists, bzip2).
+
+    Compressed MetaImage data are inflated (counted, nothing kept, at most
+    ``claimed`` bytes); other compressed data are bounded by 1032 times their size.
     """
     with path.open("rb") as stream:
         head = stream.read(1 << 16).decode("latin1")
-    size = path.stat().st_size
     if path.suffix.lower() in (".mha", ".mhd"):
         data_file = re.search(r"^\s*ElementDataFile\s*=[ \t]*(.*?)[ \t]*\r?$", head, re.M)
-        compressed = bool(re.search(r"^\s*CompressedData\s*=\s*true\b", head, re.M | re.I))
+        # MetaIO takes any CompressedData value but False as "compressed" ("Tpue" too).
+        flag = re.search(r"^\s*CompressedData\s*=\s*(\S*)", head, re.M)
+        compressed = flag is not None and not flag.group(1).lower().startswith(("f", "0"))
         if data_file is None:
             return None
         name = data_file.group(1)
@@ -634,14 +657,19 @@ def _sitk_data_bound(path: Path) -> tuple[int, str] | None:
         name = "" if data_file is None else data_file.group(1)
         header_end = blank.end() if blank is not None else 0
     if local:
-        stored, where = max(0, size - header_end), "after its header"
+        source, start, where = path, header_end, "after its header"
     else:
-        target = path.parent / name
+        source, start, where = path.parent / name, 0, f"in {name}"
         if " " in name.strip() or "%" in name or name.upper() == "LIST":
             return None  # a file pattern or list
-        if not target.is_file():  # a device or pipe could block, or never end
+        if not source.is_file():  # a device or pipe could block, or never end
             raise InputError(path, f"its data file {name!r} is missing or not a regular file")
-        stored, where = target.stat().st_size, f"in {name}"
+    if compressed and path.suffix.lower() in (".mha", ".mhd"):
+        # MetaIO inflates what the stream gives and silently leaves the rest of the
+        # image uninitialised: the stream must really hold the image.
+        actual = _inflated_length(source, start, claimed, wbits=47)
+        return actual, f"{actual} bytes {where} (uncompressed)"
+    stored = max(0, source.stat().st_size - start)
     if compressed:
         bound = _DEFLATE_MAX_RATIO * stored
         return bound, f"{stored} compressed bytes {where} (at most {_size_text(bound)})"
