@@ -557,7 +557,7 @@ def decode(path: Path) -> np.ndarray:
             raise Undecodable(f"claims {claimed} bytes")
         data_file = re.search(rb"^ElementDataFile = (.*)$", head, re.M)
         flag = re.search(rb"^CompressedData = (\S*)", head, re.M)
-        compressed = flag and not flag.group(1).lower().startswith((b"f", b"0"))
+        compressed = flag and flag.group(1)[:1] in (b"T", b"t", b"1")  # as MetaIO reads it
         if data_file and data_file.group(1) == b"LOCAL" and compressed:
             # MetaIO silently leaves what a short stream lacks uninitialised
             stream = path.read_bytes()[data_file.end() + 1 :]

@@ -637,9 +637,10 @@ def _sitk_data_bound(path: Path, claimed: int) -> tuple[int, str] | None:
         head = stream.read(1 << 16).decode("latin1")
     if path.suffix.lower() in (".mha", ".mhd"):
         data_file = re.search(r"^\s*ElementDataFile\s*=[ \t]*(.*?)[ \t]*\r?$", head, re.M)
-        # MetaIO takes any CompressedData value but False as "compressed" ("Tpue" too).
+        # MetaIO reads a CompressedData value starting with T, t or 1 as true ("Tpue"
+        # too) and anything else as false.
         flag = re.search(r"^\s*CompressedData\s*=\s*(\S*)", head, re.M)
-        compressed = flag is not None and not flag.group(1).lower().startswith(("f", "0"))
+        compressed = flag is not None and flag.group(1).startswith(("T", "t", "1"))
         if data_file is None:
             return None
         name = data_file.group(1)
