@@ -561,6 +561,9 @@ def decode(path: Path) -> np.ndarray:
         if data_file and data_file.group(1) == b"LOCAL" and compressed:
             # MetaIO silently leaves what a short stream lacks uninitialised
             stream = path.read_bytes()[data_file.end() + 1 :]
+            given = re.search(rb"^CompressedDataSize = (\d+)", head, re.M)
+            if given and int(given.group(1)) > 0:  # MetaIO reads that many bytes
+                stream = stream[: int(given.group(1))]
             try:
                 inflated = zlib.decompressobj(wbits=47).decompress(stream, claimed + 1)
             except zlib.error as error:

@@ -256,6 +256,17 @@ def test_compressed_mha_stream_shorter_than_its_image_is_refused(tmp_path: Path)
     assert "header (uncompressed)" in message
 
 
+def test_compressed_mha_reads_only_its_compressed_data_size(tmp_path: Path) -> None:
+    # Found by fuzzing: with "CompressedDataSize = 1" MetaIO inflates one byte and
+    # silently leaves the image uninitialised; the length check read the whole stream.
+    path = _mha(tmp_path / "p.mha", compressed=True)
+    raw = path.read_bytes()
+    start = raw.index(b"CompressedDataSize = ")
+    end = raw.index(b"\n", start)
+    path.write_bytes(raw[:start] + b"CompressedDataSize = 1" + raw[end:])
+    assert "holds 0 bytes after its header (uncompressed)" in _user_error(path)
+
+
 def test_mha_compressed_flag_spelt_oddly_is_read_as_simpleitk_reads_it(tmp_path: Path) -> None:
     # Found by fuzzing: "CompressedData = Tpue" (a flipped byte) is compressed for
     # MetaIO, but calibkit's size check took the data as raw and refused the file.

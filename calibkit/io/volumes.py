@@ -337,20 +337,27 @@ def _check_nifti_claim(path: Path, shape: tuple[int, ...], itemsize: int, offset
         )
 
 
-def _inflated_length(path: Path, start: int, enough: int, wbits: int = 31) -> int:
+def _inflated_length(
+    path: Path, start: int, enough: int, wbits: int = 31, limit: int | None = None
+) -> int:
     """Decompressed length of the deflate stream(s) from byte ``start`` of a file,
     counted in 1 MiB steps (nothing kept) and only up to ``enough``.
 
-    ``wbits``: 31 for gzip, 47 for zlib or gzip. Follows further gzip members; bytes
-    after a complete stream that do not start a new one end the count (readers
-    differ on such padding; the read itself decides).
+    ``wbits``: 31 for gzip, 47 for zlib or gzip. ``limit``: compressed bytes to read
+    at most. Follows further gzip members; bytes after a complete stream that do not
+    start a new one end the count (readers differ on such padding; the read itself
+    decides).
     """
     total, carry, streams = 0, b"", 0
+    left = limit if limit is not None else math.inf
     decompressor = zlib.decompressobj(wbits=wbits)
     with path.open("rb") as stream:
         stream.seek(start)
         while total < enough:
-            chunk = decompressor.unconsumed_tail or carry or stream.read(1 << 20)
+            chunk = decompressor.unconsumed_tail or carry
+            if not chunk and left > 0:
+                chunk = stream.read(int(min(1 << 20, left)))
+                left -= len(chunk)
             carry = b""
             if not chunk:
                 break
@@ -668,7 +675,10 @@ def _sitk_data_bound(path: Path, claimed: int) -> tuple[int, str] | None:
     if compressed and path.suffix.lower() in (".mha", ".mhd"):
         # MetaIO inflates what the stream gives and silently leaves the rest of the
         # image uninitialised: the stream must really hold the image.
-        actual = _inflated_length(source, start, claimed, wbits=47)
+        # MetaIO reads CompressedDataSize bytes when the header gives a positive one.
+        given = re.search(r"^\s*CompressedDataSize\s*=\s*(\d+)", head, re.M)
+        limit = int(given.group(1)) if given and int(given.group(1)) > 0 else None
+        actual = _inflated_length(source, start, claimed, wbits=47, limit=limit)
         return actual, f"{actual} bytes {where} (uncompressed)"
     stored = max(0, source.stat().st_size - start)
     if compressed:
