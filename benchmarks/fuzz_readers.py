@@ -1,6 +1,7 @@
 """Fuzz the readers: thousands of mutated NIfTI / .npz / .mha files through the CLI.
 
-Run: ``python benchmarks/fuzz_readers.py [--count 600] [--fit-count 150] [--jobs 2]``.
+Run: ``python benchmarks/fuzz_readers.py [--count 600] [--fit-count 150] [--jobs 2]``;
+``--count 1600 --fit-count 400`` (8000 trials) took about 6 minutes on 2 shared cores.
 
 Each trial writes a valid two-case data set in one format, spoils one file with one
 seeded mutation (``tests/fuzz_inputs.py``: byte flips in header and data,

@@ -717,6 +717,10 @@ def check_trial(trial: Trial, run: Runner) -> tuple[str, list[str]]:
         if not expected_ok:
             problems.append(f"accepted, but the oracle refuses ({why})")
         else:
+            # Exact equality, no tolerance: both runs bin the same float32 values (the
+            # clean copy stores the decoded data as float32, the value calibkit's reader
+            # computes: nibabel's float64 scaling rounded once), so every count, sum
+            # and metric is computed from identical inputs in the same order.
             mine, theirs = _numbers(trial.command, out), _numbers(trial.command, clean_out)
             if trial.command == "evaluate":
                 same = mine.shape == theirs.shape and np.array_equal(
