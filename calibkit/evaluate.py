@@ -6,7 +6,8 @@ A workflow: it pairs the files (:mod:`calibkit.io.pairing`), runs the case pipel
 :func:`evaluate_to_folder`, writes them (:mod:`calibkit.io.results`).
 :func:`evaluate_folders` returns an :class:`~calibkit.records.Evaluation` holding
 the same tables that ``calibkit evaluate`` writes. It draws nothing: the command
-line and the demo hand the figure writers in as ``extra_files``.
+line hands the figure writer in as one of ``extra_files`` (staged with the tables),
+and the demo draws from the written folders.
 """
 
 from __future__ import annotations
