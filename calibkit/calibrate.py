@@ -37,9 +37,11 @@ from calibkit.classes import ClassPlan, class_probability, class_target
 from calibkit.errors import CalibkitError, InputError, OutputError, WriteError
 from calibkit.execution import Executor, run_cases
 from calibkit.io.atomic import unwritable_reason, write_error
+from calibkit.io.formats import NIFTI_SUFFIXES, split_suffix
 from calibkit.io.pairing import CasePair, find_predictions, pair_cases
 from calibkit.io.temperature import FORMAT_VERSION, TEMPERATURE_FORMAT, load_temperature
-from calibkit.io.volumes import NIFTI_SUFFIXES, read_prediction, split_suffix, write_prediction
+from calibkit.io.volumes import read_prediction
+from calibkit.io.writing import write_prediction
 from calibkit.metrics import calibration_errors, per_image_mean
 from calibkit.records import EvaluationOptions
 from calibkit.temperature import (

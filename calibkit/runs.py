@@ -220,7 +220,7 @@ def _load_paper(folder: Path, name: str) -> Run:
     return Run(name, folder, "paper", class_names or (), tuple(metrics), _tidy(parts))
 
 
-# calibkit.io.volumes.PREDICTION_SUFFIXES, repeated so that reading CSVs needs no nibabel.
+# calibkit.io.formats.PREDICTION_SUFFIXES, repeated so that reading CSVs needs no nibabel.
 _VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".npz")
 
 

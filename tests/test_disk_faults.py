@@ -34,7 +34,7 @@ from conftest import run_cli as run
 
 import calibkit.calibrate
 import calibkit.evaluate
-import calibkit.io.volumes
+import calibkit.io.writing
 import calibkit.plots.files
 from calibkit.errors import WriteError
 from calibkit.io.atomic import STAGING_PREFIX, staged_folder
@@ -343,7 +343,7 @@ def test_apply_temperature_on_a_full_disk(
 
     # The disk fills with one page left as the second map is written: its gzip
     # stream gets 4 KiB out before ENOSPC, a late failure inside nibabel.
-    write = fill_before(small_disk, calibkit.io.volumes.write_prediction, call=2, leave=4096)
+    write = fill_before(small_disk, calibkit.io.writing.write_prediction, call=2, leave=4096)
     monkeypatch.setattr(calibkit.calibrate, "write_prediction", write)
     code, _, stderr = run(*apply, "--temperature", t_json, "--out", out, "--overwrite")
     assert_user_error(

@@ -25,7 +25,7 @@ from conftest import assert_user_error
 from fuzz_inputs import FORMATS, check_trial, make_trial, run_in_process
 
 from calibkit.errors import InputError
-from calibkit.io import volumes
+from calibkit.io import claims
 from calibkit.io.volumes import read_label, read_prediction
 
 # (format, command, seeds): a few seconds in all. The seeds are fixed, so every run
@@ -138,7 +138,7 @@ def test_large_nifti_gz_claim_checked_by_trailer_and_by_counting(
     With the threshold at 0 every file takes that path: a valid file passes by its
     gzip trailer, a valid two-member file by counting, a cut stream is refused.
     """
-    monkeypatch.setattr(volumes, "_UNCHECKED_CLAIM", 0)
+    monkeypatch.setattr(claims, "_UNCHECKED_CLAIM", 0)
     data = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
     path = _nifti(tmp_path / "p.nii.gz", data)
     np.testing.assert_array_equal(read_prediction(path).array[0], data)

@@ -1,4 +1,4 @@
-"""Volume reading, geometry checks and atomic writing (calibkit.io.volumes / atomic)."""
+"""Volume reading, geometry checks and atomic writing (calibkit.io.volumes / writing / atomic)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from calibkit.errors import InputError, OutputError
 from calibkit.io import atomic
 from calibkit.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from calibkit.io.simpleitk import _read_sitk
 from calibkit.io.volumes import (
     Volume,
-    _read_sitk,
     check_geometry,
     read_label,
     read_prediction,

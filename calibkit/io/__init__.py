@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from calibkit.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from calibkit.io.formats import LABEL_SUFFIXES, PREDICTION_SUFFIXES, split_suffix
 from calibkit.io.pairing import (
     DEFAULT_CASE_SUFFIXES,
     CasePair,
@@ -12,16 +13,8 @@ from calibkit.io.pairing import (
     find_predictions,
     pair_cases,
 )
-from calibkit.io.volumes import (
-    LABEL_SUFFIXES,
-    PREDICTION_SUFFIXES,
-    Volume,
-    check_geometry,
-    read_label,
-    read_prediction,
-    split_suffix,
-    write_prediction,
-)
+from calibkit.io.volumes import Volume, check_geometry, read_label, read_prediction
+from calibkit.io.writing import write_prediction
 
 __all__ = [
     "DEFAULT_CASE_SUFFIXES",

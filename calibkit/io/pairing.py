@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibkit.errors import InputError, PairingError
-from calibkit.io.volumes import LABEL_SUFFIXES, NIFTI_SUFFIXES, PREDICTION_SUFFIXES, split_suffix
+from calibkit.io.formats import LABEL_SUFFIXES, NIFTI_SUFFIXES, PREDICTION_SUFFIXES, split_suffix
 
 __all__ = [
     "DEFAULT_CASE_SUFFIXES",

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from calibkit.errors import CalibkitError, InputError
-from calibkit.io.volumes import NIFTI_SUFFIXES, split_suffix
+from calibkit.io.formats import NIFTI_SUFFIXES, split_suffix
 
 if TYPE_CHECKING:
     import torch

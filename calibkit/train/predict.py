@@ -26,7 +26,7 @@ from calibkit._version import __version__
 from calibkit.classes import class_probability, resolve_classes
 from calibkit.errors import CalibkitError, OutputError, WriteError
 from calibkit.io.atomic import atomic_write_text, unwritable_reason, write_error
-from calibkit.io.volumes import write_prediction
+from calibkit.io.writing import write_prediction
 from calibkit.train.config import TrainConfig, parse_patch_size
 from calibkit.train.data import find_cases, load_case, val_transforms
 from calibkit.train.model import load_model, require_monai

@@ -1,0 +1,113 @@
+"""NIfTI (``.nii`` / ``.nii.gz``) headers and probability maps, read with nibabel
+(imported only when a file is read)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibkit.errors import InputError
+from calibkit.io.claims import _check_nifti_claim
+from calibkit.io.read_errors import _read_errors
+
+_PREDICTION_LAYOUTS = "expected (x, y, z), (x, y, z, C) or (x, y, z, 1, C)"
+
+
+def _load_nifti(path: Path) -> Any:
+    """Open a NIfTI file (header only) after checking that it can hold what it claims."""
+    import nibabel as nib
+
+    with _read_errors(path, "NIfTI"), _quiet_nibabel():
+        # keep_file_open: per-channel reads of a .nii.gz continue from the last position
+        # instead of decompressing from the start each time.
+        img: Any = nib.load(path, mmap=False, keep_file_open=True)
+        shape = tuple(int(n) for n in img.shape)
+        itemsize = np.dtype(img.get_data_dtype()).itemsize
+        offset = int(img.dataobj.offset)  # vox_offset, or the default when 0
+        _check_nifti_claim(path, shape, itemsize, offset)
+    return img
+
+
+@contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Keep nibabel's header "fixes" ("sizeof_hdr should be 348; set ...") off stderr.
+
+    nibabel logs them through its own logger straight to stderr; calibkit reports a
+    file's problems as one error line instead.
+    """
+    from nibabel.imageglobals import logger
+
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    img = _load_nifti(path)
+    shape = tuple(int(n) for n in img.shape)
+    ndim = len(shape)
+    if ndim == 5 and shape[3] != 1:
+        raise InputError(
+            path,
+            f"5-D image of shape {shape} has {shape[3]} in its 4th dimension; "
+            f"{_PREDICTION_LAYOUTS}",
+        )
+    if ndim not in (3, 4, 5):
+        raise InputError(
+            path, f"{ndim}-D image of shape {shape} cannot be a prediction; {_PREDICTION_LAYOUTS}"
+        )
+    stored = np.dtype(img.get_data_dtype())
+    if stored.kind not in "biuf":
+        raise InputError(path, f"stores {stored} values; expected float or integer probabilities")
+    # Scaling may overflow float32 (scl_slope 1e38): the infinities are then reported
+    # by _check_finite as one error, not as numpy's RuntimeWarning lines on stderr.
+    with _read_errors(path, "NIfTI"), np.errstate(over="ignore", invalid="ignore"):
+        if ndim > 3 and stored.itemsize > 4:
+            # float64 / int64 storage: read one channel at a time so that no
+            # float64 copy of the whole volume exists at once.
+            channels = shape[-1]
+            data = np.empty((*shape[:3], channels), dtype=np.float32, order="F")
+            lead = (slice(None),) * 3 + ((0,) if ndim == 5 else ())
+            for c in range(channels):
+                data[..., c] = img.dataobj[(*lead, c)]
+        else:
+            # Not get_fdata(dtype=float32): nibabel keeps the slope as a Python float,
+            # so with numpy 2 it scales uint8 data through a float64 copy of the volume.
+            raw = np.asarray(img.dataobj.get_unscaled())
+            data = _scale_to_float32(raw, float(img.dataobj.slope), float(img.dataobj.inter))
+            if ndim == 5:
+                data = data[:, :, :, 0, :]
+    array = data[np.newaxis] if ndim == 3 else np.moveaxis(data, -1, 0)
+    return array, np.asarray(img.affine, dtype=np.float64)
+
+
+def _scale_to_float32(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
+    """Apply NIfTI scaling with nibabel's values and without a float64 copy of the volume.
+
+    nibabel computes ``k * slope + inter`` in float64; loaders built on it (MONAI's
+    ``LoadImage``) then cast to float32. For 8- and 16-bit integers with no intercept
+    the float32 product is exact before its one rounding, so it equals that value bit
+    for bit (uint8 51 with slope float32(1/255) gives 0.20000002, as everywhere else).
+    Other storage is scaled in float64 one channel at a time.
+    """
+    if raw.dtype == np.dtype(np.float32) and slope == 1.0 and inter == 0.0:
+        return raw
+    if inter == 0.0 and (slope == 1.0 or (raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2)):
+        out = raw.astype(np.float32)
+        if slope != 1.0:
+            out *= np.float32(slope)
+        return out
+    out = np.empty(raw.shape, dtype=np.float32, order="F")
+    if raw.ndim <= 3:
+        out[...] = raw.astype(np.float64) * slope + inter
+        return out
+    for c in range(raw.shape[-1]):
+        out[..., c] = raw[..., c].astype(np.float64) * slope + inter
+    return out
