@@ -308,10 +308,7 @@ def fit_temperature_folder(
         bins_before.append(_class_bins(sample.probabilities, sample.labels, plan, options.n_bins))
         bins_after.append(_class_bins(after, sample.labels, plan, options.n_bins))
     before, after_stats = BinStats.stack(bins_before), BinStats.stack(bins_after)
-    if pairing.missing_label:
-        notes.append(f"skipped {len(pairing.missing_label)} case(s) without a label")
-    if pairing.missing_prediction:
-        notes.append(f"skipped {len(pairing.missing_prediction)} case(s) without a prediction")
+    notes.extend(pairing.notes)
     return FolderTemperature(
         fit=fit,
         n_channels=plan.n_channels,

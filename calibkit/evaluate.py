@@ -119,15 +119,10 @@ def evaluate_folders(
         store=store,
         progress=progress,
     )
-    notes: list[str] = []
-    if pairing.missing_label:
-        notes.append(f"skipped {len(pairing.missing_label)} case(s) without a label")
-    if pairing.missing_prediction:
-        notes.append(f"skipped {len(pairing.missing_prediction)} case(s) without a prediction")
     return assemble_evaluation(
         results,
         options,
-        extra_warnings=notes,
+        extra_warnings=pairing.notes,
         missing_label=pairing.missing_label,
         missing_prediction=pairing.missing_prediction,
         sources={"predictions": str(pred_dir), "labels": str(label_dir)},

@@ -6,6 +6,7 @@ docs/bad-inputs.md lists the same behaviours for users.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,18 @@ def empty_folder(preds: Path, labels: Path) -> list[str]:
     return []
 
 
+def broken_symlink(preds: Path, labels: Path) -> list[str]:
+    (preds / "case1_pred.nii.gz").unlink()
+    (preds / "case1_pred.nii.gz").symlink_to(preds.parent / "moved" / "case1_pred.nii.gz")
+    return []
+
+
+def symlink_loop(preds: Path, labels: Path) -> list[str]:
+    (labels / "case1_seg.nii.gz").unlink()
+    (labels / "case1_seg.nii.gz").symlink_to("case1_seg.nii.gz")
+    return []
+
+
 def malformed_temperature(preds: Path, labels: Path) -> list[str]:
     path = preds.parent / "t.json"
     path.write_text('{"temperature": 2.0, "activation"')
@@ -168,6 +181,8 @@ SCENARIOS: dict[str, tuple[Callable[[Path, Path], list[str]], str, str]] = {
     "duplicate case id": (duplicate_case, "case1_pr", "case1"),
     "case in one folder only": (missing_label, "case1", "--allow-missing"),
     "empty folder": (empty_folder, "preds", "no prediction files"),
+    "broken symlink": (broken_symlink, "case1_pred.nii.gz", "broken symlink"),
+    "symlink loop among the labels": (symlink_loop, "case1_seg.nii.gz", "symlink loop"),
     "malformed temperature JSON": (malformed_temperature, "t.json", "not valid JSON"),
     "temperature of another channel count": (
         temperature_of_other_channels,
@@ -205,6 +220,22 @@ def test_softmax_sum_warns_without_strict(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert "warning" in result.stderr and "case1_pred.nii.gz" in result.stderr
     assert "sum 1.8000" in result.stderr
+
+
+def test_broken_symlink_is_a_listed_skip_with_allow_missing(tmp_path: Path) -> None:
+    preds, labels = build(tmp_path)
+    broken_symlink(preds, labels)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["evaluate", str(preds), str(labels), "--out", str(out), "--allow-missing", "-q"]
+    )
+    assert result.exit_code == 0, result.stderr
+    reason = f"{preds}/case1_pred.nii.gz: is a broken symlink"
+    assert reason in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["case_ids"] == ["case0", "case2"]
+    assert summary["missing_prediction"] == ["case1"] and summary["missing_label"] == []
+    assert any(reason in warning for warning in summary["warnings"])
 
 
 @pytest.mark.parametrize("where", ["below a file", "inside the predictions"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -244,3 +246,126 @@ def test_symlinked_case_folders_are_followed(tmp_path: Path) -> None:
     (labels / "loop").symlink_to(labels, target_is_directory=True)
     _touch(preds, "a.nii.gz")
     assert _ids(pair_cases(preds, labels).pairs) == ["a"]
+
+
+# ------------------------------------------------------- inputs that cannot be read
+
+
+def test_broken_prediction_symlink_is_an_error(tmp_path: Path) -> None:
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a.nii.gz", "b.nii.gz")
+    _touch(preds, "a.nii.gz")
+    (preds / "b.nii.gz").symlink_to(tmp_path / "gone" / "b.nii.gz")
+    with pytest.raises(InputError) as info:
+        pair_cases(preds, labels)
+    assert info.value.path == preds / "b.nii.gz"
+    assert f"is a broken symlink (its target {tmp_path}/gone/b.nii.gz does not exist)" in str(
+        info.value
+    )
+    assert str(info.value).endswith("(or use --allow-missing to skip the case)")
+    with pytest.raises(InputError, match=r"b\.nii\.gz: is a broken symlink"):
+        find_predictions(preds)
+
+
+def test_broken_symlink_skipped_with_allow_missing(tmp_path: Path) -> None:
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a.nii.gz", "b.nii.gz", "c.nii.gz")
+    _touch(preds, "a.nii.gz", "c.nii.gz")
+    (preds / "b.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (labels / "c.nii.gz").unlink()
+    (labels / "c.nii.gz").symlink_to("c.nii.gz")  # a loop: the link points at itself
+    pairing = pair_cases(preds, labels, allow_missing=True)
+    assert _ids(pairing.pairs) == ["a"]
+    assert pairing.missing_prediction == ("b",)
+    assert pairing.missing_label == ("c",)
+    assert [(f.case_id, f.path) for f in pairing.unreadable] == [
+        ("b", preds / "b.nii.gz"),
+        ("c", labels / "c.nii.gz"),
+    ]
+    assert pairing.notes == [
+        "skipped 1 case(s) without a label",
+        "skipped 1 case(s) without a prediction",
+        f"skipped case b: {preds}/b.nii.gz: is a broken symlink (its target "
+        f"{tmp_path}/gone.nii.gz does not exist); fix or remove the link",
+        f"skipped case c: {labels}/c.nii.gz: is a symlink loop (it leads back to itself); "
+        "fix or remove the link",
+    ]
+
+
+def test_symlink_loop_among_labels_is_an_error(tmp_path: Path) -> None:
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a/a_seg.nii.gz", "b/b_t1.nii.gz")
+    _touch(preds, "a.nii.gz", "b.nii.gz")
+    (labels / "b" / "b_seg.nii.gz").symlink_to("b_seg2.nii.gz")
+    (labels / "b" / "b_seg2.nii.gz").symlink_to("b_seg.nii.gz")
+    with pytest.raises(InputError, match=r"b/b_seg\.nii\.gz: is a symlink loop"):
+        pair_cases(preds, labels)
+    with pytest.raises(InputError, match=r"b_seg\.nii\.gz: is a symlink loop"):
+        find_labels(labels)
+
+
+def test_unreadable_files_that_are_no_input_are_ignored(tmp_path: Path) -> None:
+    """A broken BraTS image next to a _seg label, or a broken .pkl, is not an input."""
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a/a_seg.nii.gz")
+    (labels / "a" / "a_t1.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    _touch(preds, "a.nii.gz")
+    (preds / "a.pkl").symlink_to(tmp_path / "gone.pkl")
+    assert _ids(pair_cases(preds, labels).pairs) == ["a"]
+
+
+def test_every_unreadable_file_is_counted(tmp_path: Path) -> None:
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a.nii.gz", "b.nii.gz", "c.nii.gz")
+    _touch(preds, "a.nii.gz")
+    for case in ("b", "c"):
+        (preds / f"{case}.nii.gz").symlink_to(tmp_path / f"gone_{case}")
+    with pytest.raises(InputError, match=r"b\.nii\.gz: .*; 1 more input file\(s\) cannot be read"):
+        pair_cases(preds, labels)
+
+
+def test_only_unreadable_cases_left_is_an_error(tmp_path: Path) -> None:
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a.nii.gz")
+    preds.mkdir()
+    (preds / "a.nii.gz").symlink_to(tmp_path / "gone")
+    with pytest.raises(
+        InputError, match=r"a\.nii\.gz: is a broken symlink.*no other case pairs up"
+    ):
+        pair_cases(preds, labels, allow_missing=True)
+
+
+def test_npz_that_cannot_be_read_is_not_replaced_by_the_argmax(tmp_path: Path) -> None:
+    preds = tmp_path / "preds"
+    _touch(preds, "a.nii.gz")
+    (preds / "a.npz").symlink_to(tmp_path / "gone.npz")
+    with pytest.raises(InputError, match=r"a\.npz: is a broken symlink"):
+        find_predictions(preds)
+
+
+def test_pipe_is_not_an_input_file(tmp_path: Path) -> None:
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a.nii.gz")
+    preds.mkdir()
+    os.mkfifo(preds / "a.nii.gz")
+    with pytest.raises(InputError, match=r"a\.nii\.gz: is not a regular file"):
+        pair_cases(preds, labels)
+
+
+def test_folder_that_cannot_be_listed_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests run as root, whom chmod does not stop: the listing itself is made to fail."""
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, "a/a_seg.nii.gz", "b/b_seg.nii.gz")
+    _touch(preds, "a.nii.gz")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:
+        if Path(path).name == "b":
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(InputError, match=r"labels/b: folder cannot be read \(permission denied\)"):
+        pair_cases(preds, labels, allow_missing=True)

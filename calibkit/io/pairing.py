@@ -9,22 +9,30 @@ Layouts understood (SPEC §2):
 - Predictions and labels in one folder: ``CASE_pred.nii.gz`` next to ``CASE_seg.nii.gz``.
 
 Folders are searched recursively; hidden files and folders (``.name``) are skipped.
+
+A file that is an input by its name but cannot be read (a broken symlink, a symlink
+loop, a pipe, no read permission) is never dropped silently: it is an error, or with
+``allow_missing`` its case is skipped and listed (:attr:`Pairing.unreadable`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from calibkit.errors import InputError, PairingError
+from calibkit.io.atomic import os_error_reason
 from calibkit.io.formats import LABEL_SUFFIXES, NIFTI_SUFFIXES, PREDICTION_SUFFIXES, split_suffix
 
 __all__ = [
     "DEFAULT_CASE_SUFFIXES",
     "CasePair",
     "Pairing",
+    "UnreadableFile",
     "case_id_from_path",
     "find_labels",
     "find_predictions",
@@ -49,18 +57,53 @@ class CasePair:
 
 
 @dataclass(frozen=True)
+class UnreadableFile:
+    """An input file of one case that cannot be read (skipped with ``allow_missing``).
+
+    Attributes:
+        case_id: the case the file belongs to.
+        path: the file.
+        problem: why it cannot be read and what to do about it.
+    """
+
+    case_id: str
+    path: Path
+    problem: str
+
+    @property
+    def note(self) -> str:
+        """The warning printed for the skipped case."""
+        return f"skipped case {self.case_id}: {self.path}: {self.problem}"
+
+
+@dataclass(frozen=True)
 class Pairing:
     """Result of ``pair_cases``.
 
     Attributes:
         pairs: matched cases, sorted by case id.
-        missing_label: case ids with a prediction but no label (sorted).
-        missing_prediction: case ids with a label but no prediction (sorted).
+        missing_label: case ids without a readable label (sorted): a prediction but no
+            label file, or a label file that cannot be read.
+        missing_prediction: case ids without a readable prediction (sorted): a label
+            but no prediction file, or a prediction file that cannot be read.
+        unreadable: input files that cannot be read, by case id (``allow_missing``);
+            their cases are in the missing lists.
     """
 
     pairs: tuple[CasePair, ...]
     missing_label: tuple[str, ...]
     missing_prediction: tuple[str, ...]
+    unreadable: tuple[UnreadableFile, ...] = ()
+
+    @property
+    def notes(self) -> list[str]:
+        """Warnings about the skipped cases: the counts, then each unreadable file."""
+        notes = []
+        if self.missing_label:
+            notes.append(f"skipped {len(self.missing_label)} case(s) without a label")
+        if self.missing_prediction:
+            notes.append(f"skipped {len(self.missing_prediction)} case(s) without a prediction")
+        return notes + [skipped.note for skipped in self.unreadable]
 
 
 def case_id_from_path(path: Path | str, suffixes: Sequence[str] = DEFAULT_CASE_SUFFIXES) -> str:
@@ -102,14 +145,17 @@ def find_predictions(
         ``{case_id: path}``.
 
     Raises:
-        InputError: the folder is missing or holds no prediction file.
+        InputError: the folder is missing or holds no prediction file, or a prediction
+            file cannot be read (a broken symlink, say).
         PairingError: two files give the same case id.
     """
     folder = Path(folder)
     files = _scan(folder, PREDICTION_SUFFIXES)
     if not files:
         raise InputError(folder, _nothing_found("prediction", PREDICTION_SUFFIXES))
-    return _predictions_by_case(files, suffixes)
+    cases = _predictions_by_case(files, suffixes)
+    _refuse_unreadable(_unreadable(cases), hint="")
+    return cases
 
 
 def find_labels(
@@ -129,14 +175,17 @@ def find_labels(
         ``{case_id: path}``.
 
     Raises:
-        InputError: the folder is missing or holds no label file.
+        InputError: the folder is missing or holds no label file, or a label file
+            cannot be read (a broken symlink, say).
         PairingError: two files give the same case id.
     """
     folder = Path(folder)
     files = _select_labels(_scan(folder, LABEL_SUFFIXES))
     if not files:
         raise InputError(folder, _nothing_found("label", LABEL_SUFFIXES))
-    return _by_case(files, suffixes, "label")
+    cases = _by_case(files, suffixes, "label")
+    _refuse_unreadable(_unreadable(cases), hint="")
+    return cases
 
 
 def pair_cases(
@@ -157,13 +206,15 @@ def pair_cases(
         pred_dir: folder of predictions.
         label_dir: folder of label maps.
         suffixes: name endings stripped to get case ids.
-        allow_missing: return cases without a partner in ``Pairing`` instead of failing.
+        allow_missing: return cases without a partner, or with a file that cannot be
+            read, in ``Pairing`` instead of failing.
 
     Returns:
         The pairs and the unmatched case ids.
 
     Raises:
-        InputError: a folder is missing or holds no volume file.
+        InputError: a folder is missing or holds no volume file, or an input file
+            cannot be read (unless ``allow_missing``; always when no case is left).
         PairingError: duplicate case ids, unmatched cases (unless ``allow_missing``),
             or no case in common.
     """
@@ -181,9 +232,9 @@ def pair_cases(
                 "CASE_prob.nii.gz, use .npz, or put them in a separate folder",
             )
     elif pred_root.is_relative_to(label_root):
-        label_files = [f for f in label_files if not f.resolve().is_relative_to(pred_root)]
+        label_files = [f for f in label_files if not _real_folder(f).is_relative_to(pred_root)]
     elif label_root.is_relative_to(pred_root):
-        pred_files = [f for f in pred_files if not f.resolve().is_relative_to(label_root)]
+        pred_files = [f for f in pred_files if not _real_folder(f).is_relative_to(label_root)]
     label_files = _select_labels(label_files)
     if not pred_files:
         raise InputError(pred_dir, _nothing_found("prediction", PREDICTION_SUFFIXES))
@@ -192,9 +243,18 @@ def pair_cases(
 
     predictions = _predictions_by_case(pred_files, suffixes)
     labels = _by_case(label_files, suffixes, "label")
-    common = sorted(predictions.keys() & labels.keys())
-    missing_label = tuple(sorted(predictions.keys() - labels.keys()))
-    missing_prediction = tuple(sorted(labels.keys() - predictions.keys()))
+    bad_predictions, bad_labels = _unreadable(predictions), _unreadable(labels)
+    unreadable = tuple(sorted(bad_predictions + bad_labels, key=lambda f: (f.case_id, f.path)))
+    if not allow_missing:
+        _refuse_unreadable(unreadable, hint=" (or use --allow-missing to skip the case)")
+    readable_predictions = predictions.keys() - {f.case_id for f in bad_predictions}
+    readable_labels = labels.keys() - {f.case_id for f in bad_labels}
+    every_case = predictions.keys() | labels.keys()
+    common = sorted(readable_predictions & readable_labels)
+    missing_label = tuple(sorted(every_case - readable_labels))
+    missing_prediction = tuple(sorted(every_case - readable_predictions))
+    if not common and unreadable:
+        _refuse_unreadable(unreadable, hint="; no other case pairs up")
     if not common:
         raise PairingError(
             f"no case id is shared by {pred_dir} ({len(predictions)} predictions, e.g. "
@@ -215,7 +275,12 @@ def pair_cases(
             )
         raise PairingError(f"{'; '.join(problems)} (use --allow-missing to skip them)")
     pairs = tuple(CasePair(case, predictions[case], labels[case]) for case in common)
-    return Pairing(pairs=pairs, missing_label=missing_label, missing_prediction=missing_prediction)
+    return Pairing(
+        pairs=pairs,
+        missing_label=missing_label,
+        missing_prediction=missing_prediction,
+        unreadable=unreadable,
+    )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -259,27 +324,88 @@ def _select_labels(files: list[Path]) -> list[Path]:
 
 
 def _scan(folder: Path, allowed: tuple[str, ...]) -> list[Path]:
-    """Volume files under ``folder`` (recursive, hidden entries skipped), sorted."""
+    """Files under ``folder`` whose names have an ``allowed`` suffix, sorted.
+
+    Recursive; hidden entries are skipped. Files that cannot be read (broken
+    symlinks, ...) are listed too: :func:`_unreadable` reports them.
+
+    Raises:
+        InputError: ``folder`` is missing, a file, or holds a sub-folder that cannot
+            be listed (its cases are unknown, so it cannot be skipped as one case).
+    """
     if not folder.exists():
         raise InputError(folder, "folder not found; check the path")
     if not folder.is_dir():
         raise InputError(folder, "is a file, expected a folder")
+
+    def unlisted(error: OSError) -> None:
+        where = error.filename or folder
+        raise InputError(
+            where, f"folder cannot be read ({os_error_reason(error)}); fix its permissions"
+        )
+
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    for root, dirs, names in os.walk(folder, onerror=unlisted, followlinks=True):
         info = os.stat(root)
         if (info.st_dev, info.st_ino) in seen:  # a symlink loop
             dirs[:] = []
             continue
         seen.add((info.st_dev, info.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            if split_suffix(path)[1] in allowed and path.is_file():
-                found.append(path)
+        # ``names`` holds everything that is not a folder: files, and broken links.
+        found.extend(
+            Path(root) / name
+            for name in sorted(names)
+            if not name.startswith(".") and split_suffix(name)[1] in allowed
+        )
     return found
+
+
+def _real_folder(path: Path) -> Path:
+    """``path`` with its folder's symlinks resolved (the file itself may be a link)."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _unreadable_problem(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be read, or None when it can."""
+    try:
+        info = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "is a symlink loop (it leads back to itself); fix or remove the link"
+        if error.errno == errno.ENOENT and path.is_symlink():
+            target = os.path.realpath(path)
+            return (
+                f"is a broken symlink (its target {target} does not exist); fix or remove the link"
+            )
+        return f"cannot be read ({os_error_reason(error)})"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a pipe, socket or device); replace it with the file itself"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied); fix its permissions"
+    return None
+
+
+def _unreadable(cases: dict[str, Path]) -> list[UnreadableFile]:
+    """The files of ``cases`` that cannot be read, sorted by case id."""
+    found = []
+    for case in sorted(cases):
+        problem = _unreadable_problem(cases[case])
+        if problem is not None:
+            found.append(UnreadableFile(case, cases[case], problem))
+    return found
+
+
+def _refuse_unreadable(unreadable: Sequence[UnreadableFile], hint: str) -> None:
+    """Raise the InputError of the first unreadable file (naming how many more there are)."""
+    if not unreadable:
+        return
+    first = unreadable[0]
+    more = (
+        f"; {len(unreadable) - 1} more input file(s) cannot be read" if len(unreadable) > 1 else ""
+    )
+    raise InputError(first.path, f"{first.problem}{more}{hint}")
 
 
 def _by_case(files: list[Path], suffixes: Sequence[str], what: str) -> dict[str, Path]:
