@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -369,3 +370,31 @@ def test_folder_that_cannot_be_listed_is_an_error(
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(InputError, match=r"labels/b: folder cannot be read \(permission denied\)"):
         pair_cases(preds, labels, allow_missing=True)
+
+
+# ------------------------------------------------------------------ Unicode case ids
+
+_NFC = unicodedata.normalize("NFC", "café")
+_NFD = unicodedata.normalize("NFD", "café")
+
+
+def test_case_ids_are_compared_in_nfc(tmp_path: Path) -> None:
+    assert _NFC != _NFD  # the two spellings are different file names
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    _touch(labels, f"{_NFC}_seg.nii.gz")
+    _touch(preds, f"{_NFD}_pred.nii.gz")
+    pairing = pair_cases(preds, labels)
+    assert _ids(pairing.pairs) == [_NFC]
+    assert pairing.pairs[0].prediction == preds / f"{_NFD}_pred.nii.gz"
+    assert case_id_from_path(f"{_NFD}-SEG.nii.gz") == _NFC
+    assert case_id_from_path(f"{_NFD}_mask.nii.gz", ("_mask",)) == _NFC
+
+
+def test_ids_differing_only_in_normalisation_are_duplicates(tmp_path: Path) -> None:
+    preds, labels = tmp_path / "preds", tmp_path / "labels"
+    _touch(preds, f"{_NFC}_pred.nii.gz", f"{_NFD}_pred.nii.gz")
+    with pytest.raises(PairingError, match=f"both give case id '{_NFC}'; keep one prediction"):
+        find_predictions(preds)
+    _touch(labels, f"{_NFC}_seg.nii.gz", f"{_NFD}_seg.nii.gz")
+    with pytest.raises(PairingError, match=f"both give case id '{_NFC}'; keep one label"):
+        find_labels(labels)

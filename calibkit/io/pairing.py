@@ -9,6 +9,8 @@ Layouts understood (SPEC §2):
 - Predictions and labels in one folder: ``CASE_pred.nii.gz`` next to ``CASE_seg.nii.gz``.
 
 Folders are searched recursively; hidden files and folders (``.name``) are skipped.
+Case ids are compared in Unicode NFC form, so a name written with a decomposed ``é``
+(macOS, some archives) pairs with the same name written with a composed one.
 
 A file that is an input by its name but cannot be read (a broken symlink, a symlink
 loop, a pipe, no read permission) is never dropped silently: it is an error, or with
@@ -20,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +113,9 @@ def case_id_from_path(path: Path | str, suffixes: Sequence[str] = DEFAULT_CASE_S
     """Case id of a file: its name without extension and without ONE known suffix.
 
     Suffixes match case-insensitively, and ``_x`` also matches ``-x`` (BraTS 2023).
+    The id is in Unicode NFC form: names that differ only in how an accented letter
+    is encoded (``é`` as one code point or as ``e`` and a combining accent) give
+    the same id.
 
     Args:
         path: a file path.
@@ -124,7 +130,7 @@ def case_id_from_path(path: Path | str, suffixes: Sequence[str] = DEFAULT_CASE_S
         >>> case_id_from_path(Path("CASE_001_0000_seg.nii.gz"))
         'CASE_001_0000'
     """
-    stem = split_suffix(path)[0]
+    stem = unicodedata.normalize("NFC", split_suffix(path)[0])
     ending = _matching_suffix(stem, suffixes)
     return stem[: -len(ending)] if ending else stem
 
@@ -293,6 +299,7 @@ def _variants(suffixes: Iterable[str]) -> list[str]:
         lower = suffix.lower()
         if not lower:
             continue
+        lower = unicodedata.normalize("NFC", lower)
         out.add(lower)
         if lower[0] in "_-":
             out.add(("-" if lower[0] == "_" else "_") + lower[1:])
@@ -302,7 +309,7 @@ def _variants(suffixes: Iterable[str]) -> list[str]:
 def _matching_suffix(stem: str, suffixes: Sequence[str]) -> str:
     if isinstance(suffixes, str):
         suffixes = (suffixes,)
-    lower = stem.lower()
+    lower = unicodedata.normalize("NFC", stem).lower()
     for suffix in _variants(suffixes):
         if lower.endswith(suffix) and len(stem) > len(suffix):
             return suffix
