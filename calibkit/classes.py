@@ -7,6 +7,8 @@ voxels whose label is one of a set of values). SPEC.md §2 gives the rules.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +20,11 @@ from calibkit.errors import CalibkitError
 
 PRESETS = ("brats",)
 DICE_MODES = ("threshold", "argmax")
+# A list this long is a typo (1-1000000 for 1-100): each class is a prediction
+# channel and a row per case in the tables. Refused before a tuple of it is built.
+MAX_CLASSES = 65_536
+_LABEL = re.compile(r"\s*([0-9]+)\s*")
+_RANGE = re.compile(r"\s*([0-9]+)\s*-\s*([0-9]+)\s*")
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,62 @@ class ClassPlan:
     def names(self) -> tuple[str, ...]:
         """Class names in table order."""
         return tuple(spec.name for spec in self.classes)
+
+
+def parse_classes(text: str) -> tuple[int, ...]:
+    """Label values written as people write them: ``1,2,3``, ``1-117``, ``1-10,12,20-25``.
+
+    Items are separated by commas (empty items are ignored); an item is a label value
+    or an inclusive range ``low-high`` with ``low <= high``. Spaces around numbers
+    and dashes are allowed.
+
+    Args:
+        text: the value of ``--classes``.
+
+    Returns:
+        The label values in the order written.
+
+    Raises:
+        CalibkitError: an item that is neither (``a-b``, ``1-``, ``-3``), a range
+            that runs backwards (``5-2``), a label listed twice, or an empty list.
+
+    Example:
+        >>> parse_classes("1-3,7,10-11")
+        (1, 2, 3, 7, 10, 11)
+    """
+    values: list[int] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        single, span = _LABEL.fullmatch(item), _RANGE.fullmatch(item)
+        if single is not None:
+            low = high = int(single.group(1))
+        elif span is not None:
+            low, high = int(span.group(1)), int(span.group(2))
+            if low > high:
+                raise CalibkitError(
+                    f"--classes: the range '{item.strip()}' runs backwards; write {high}-{low}"
+                )
+        else:
+            raise CalibkitError(
+                f"--classes: '{item.strip()}' is not a label value (0, 1, 2, ...) or a range "
+                "such as 1-117; write e.g. 1-10,12,20-25"
+            )
+        if len(values) + high - low + 1 > MAX_CLASSES:
+            raise CalibkitError(
+                f"--classes {text.strip()!r} lists more than {MAX_CLASSES} labels; check the ranges"
+            )
+        values.extend(range(low, high + 1))
+    if not values:
+        raise CalibkitError("--classes is empty; give label values such as 1,2,3 or 1-117")
+    twice = sorted(value for value, count in Counter(values).items() if count > 1)
+    if twice:
+        shown = ", ".join(map(str, twice[:10])) + (" ..." if len(twice) > 10 else "")
+        raise CalibkitError(
+            f"--classes {text.strip()!r} lists label(s) {shown} more than once; "
+            "give each label once"
+        )
+    return tuple(values)
 
 
 def resolve_classes(

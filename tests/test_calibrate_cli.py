@@ -145,3 +145,10 @@ def test_help_has_examples(command: str) -> None:
 def test_command_module_stays_light() -> None:
     heavy = {"torch", "matplotlib", "pandas", "scipy", "nibabel", "monai"}
     assert modules_imported("calibkit.cli.temperature", heavy) == []
+
+
+def test_fit_temperature_bad_classes(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    code, _, stderr = run("fit-temperature", DSC, LABELS, "--classes", "3-1", "--out", out)
+    assert_user_error(code, stderr, "--classes: the range '3-1' runs backwards; write 1-3")
+    assert not out.exists()

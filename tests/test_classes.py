@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibkit.classes import class_probability, class_target, resolve_classes, unexpected_labels
+from calibkit.classes import (
+    MAX_CLASSES,
+    class_probability,
+    class_target,
+    parse_classes,
+    resolve_classes,
+    unexpected_labels,
+)
 from calibkit.errors import CalibkitError
 
 
@@ -64,3 +71,42 @@ def test_unexpected_labels() -> None:
     plan = resolve_classes(3)
     assert unexpected_labels(np.array([0, 1, 2, 7, 7]), plan) == [7]
     assert unexpected_labels(np.array([-1, 0, 1]), plan) == [-1]
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("1,2,3", (1, 2, 3)),
+        ("1-117", tuple(range(1, 118))),
+        ("1-10,12,20-25", (*range(1, 11), 12, *range(20, 26))),
+        (" 3 , 1 - 2 ,", (3, 1, 2)),  # order kept, spaces and an empty item allowed
+        ("0-0", (0,)),
+        ("4", (4,)),
+    ],
+)
+def test_parse_classes(text: str, values: tuple[int, ...]) -> None:
+    assert parse_classes(text) == values
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("5-2", "--classes: the range '5-2' runs backwards; write 2-5"),
+        ("1-", "--classes: '1-' is not a label value (0, 1, 2, ...) or a range such as 1-117"),
+        ("a-b", "--classes: 'a-b' is not a label value"),
+        ("1,a", "--classes: 'a' is not a label value"),
+        ("-3", "--classes: '-3' is not a label value"),
+        ("1-2-3", "--classes: '1-2-3' is not a label value"),
+        ("1.5", "--classes: '1.5' is not a label value"),
+        ("\u0663", "is not a label value"),  # an Arabic-Indic digit: int() would take it
+        ("1,2,1", "--classes '1,2,1' lists label(s) 1 more than once; give each label once"),
+        ("1-10,5-12", "lists label(s) 5, 6, 7, 8, 9, 10 more than once"),
+        (" , ", "--classes is empty; give label values such as 1,2,3 or 1-117"),
+        (f"1-{MAX_CLASSES + 1}", f"lists more than {MAX_CLASSES} labels"),
+    ],
+)
+def test_parse_classes_refuses(text: str, message: str) -> None:
+    with pytest.raises(CalibkitError) as info:
+        parse_classes(text)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

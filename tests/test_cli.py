@@ -218,9 +218,38 @@ def test_out_inside_an_input_folder(dataset: tuple[Path, Path]) -> None:
 def test_bad_usage_exits_2(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     preds, labels = dataset
     assert run("evaluate", preds, labels, "--out", tmp_path / "o", "--n-bins", "many")[0] == 2
-    assert run("evaluate", preds, labels, "--out", tmp_path / "o", "--classes", "a,b")[0] == 2
     code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "o", "--n-bins", "0")
     assert_user_error(code, stderr, "--n-bins")
+
+
+def test_classes_as_ranges(dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    preds, labels = dataset
+    assert run("evaluate", preds, labels, "--out", tmp_path / "list", "--classes", "1,2")[0] == 0
+    code, _, stderr = run(
+        "evaluate", preds, labels, "--out", tmp_path / "range", "--classes", "1-2"
+    )
+    assert code == 0, stderr
+    for name in ("per_image.csv", "summary.csv", "bins.npz"):
+        assert (tmp_path / "range" / name).read_bytes() == (tmp_path / "list" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("5-2", "'5-2' runs backwards; write 2-5"),
+        ("1-", "'1-' is not a label value"),
+        ("a-b", "'a-b' is not a label value"),
+        ("a,b", "'a' is not a label value"),
+        ("1-2,2", "lists label(s) 2 more than once"),
+    ],
+)
+def test_bad_classes_are_one_line(
+    dataset: tuple[Path, Path], tmp_path: Path, value: str, fragment: str
+) -> None:
+    preds, labels = dataset
+    code, _, stderr = run("evaluate", preds, labels, "--out", tmp_path / "o", "--classes", value)
+    assert_user_error(code, stderr, "--classes", fragment)
+    assert not (tmp_path / "o").exists()
 
 
 def test_help_and_module_entry_point() -> None:

@@ -123,17 +123,6 @@ def user_errors(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def int_list(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated integers such as 1,2,3, got {text!r}", param_hint=option
-        ) from None
-
-
 def name_list(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(part.strip() for part in text.split(","))
 

@@ -11,7 +11,6 @@ from calibkit.cli.app import (
     InputKind,
     app,
     case_progress,
-    int_list,
     name_list,
     print_table,
     show_progress,
@@ -66,7 +65,11 @@ def evaluate_cli(
         DiceMode, typer.Option(help="threshold: per class (paper); argmax: exclusive classes.")
     ] = DiceMode.threshold,
     classes: Annotated[
-        Optional[str], typer.Option(help="Label values to evaluate, one channel each, e.g. 1,2,3.")
+        Optional[str],
+        typer.Option(
+            help="Label values to evaluate, one channel each: a list and ranges, e.g. 1,2,3 "
+            "or 1-117 or 1-10,12,20-25."
+        ),
     ] = None,
     class_names: Annotated[
         Optional[str], typer.Option(help="Names of the classes, e.g. liver,tumour.")
@@ -131,6 +134,7 @@ def evaluate_cli(
     """
     with user_errors(debug):
         # Deferred: the library loads when the command runs (a fast calibkit --help).
+        from calibkit.classes import parse_classes
         from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
         from calibkit.plots import save_evaluation_figures
@@ -139,7 +143,7 @@ def evaluate_cli(
             n_bins=n_bins,
             dice_threshold=dice_threshold,
             dice_mode=dice_mode.value,
-            classes=int_list(classes, "--classes"),
+            classes=parse_classes(classes) if classes is not None else None,
             class_names=name_list(class_names),
             include_background=include_background,
             preset=preset,

@@ -10,7 +10,6 @@ from calibkit.cli.app import (
     InputKind,
     app,
     case_progress,
-    int_list,
     name_list,
     print_table,
     show_progress,
@@ -57,7 +56,10 @@ def fit_temperature_cli(
     preset: Annotated[Optional[str], typer.Option(help="brats: regions ET, TC, WT.")] = None,
     classes: Annotated[
         Optional[str],
-        typer.Option(help="Label values of the classes, one channel each, e.g. 1,2,3."),
+        typer.Option(
+            help="Label values of the classes, one channel each: a list and ranges, e.g. "
+            "1,2,3 or 1-117 or 1-10,12,20-25."
+        ),
     ] = None,
     class_names: Annotated[
         Optional[str], typer.Option(help="Names of the classes, e.g. liver,tumour.")
@@ -96,13 +98,14 @@ def fit_temperature_cli(
     with user_errors(debug):
         # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.calibrate import fit_temperature_folder
+        from calibkit.classes import parse_classes
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
         from calibkit.io.temperature import check_output_file, save_temperature
         from calibkit.records import EvaluationOptions
 
         options = EvaluationOptions(
             n_bins=n_bins,
-            classes=int_list(classes, "--classes"),
+            classes=parse_classes(classes) if classes is not None else None,
             class_names=name_list(class_names),
             include_background=include_background,
             preset=preset,
