@@ -439,7 +439,13 @@ def _sample_case(
         logits = np.ascontiguousarray(array[channels_at], dtype=np.float32)
         probabilities = apply_temperature(logits, 1.0, setup.activation, axis=0)  # type: ignore[arg-type]
     else:
-        full = to_probabilities(array, options, pair.prediction, case.prediction.value_range)
+        full = to_probabilities(
+            array,
+            options,
+            pair.prediction,
+            case.prediction.value_range,
+            unscaled_integers=case.prediction.unscaled_integers,
+        )
         probabilities = np.ascontiguousarray(full[channels_at], dtype=np.float32)
         logits = logits_from_probabilities(probabilities, setup.activation)  # type: ignore[arg-type]
     labels = label[where]
@@ -605,7 +611,13 @@ def _apply_to_case(
     """Write the calibrated map of one prediction file; return its storage type."""
     source, target = files
     volume = read_prediction(source)
-    calibrated = calibrated_probabilities(volume.array, model, options, source)
+    calibrated = calibrated_probabilities(
+        volume.array,
+        model,
+        options,
+        source,
+        unscaled_integers=volume.unscaled_integers,
+    )
     storage = _storage_of(source)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -135,9 +135,20 @@ def case_probabilities(
     prediction, path = case.prediction, case.pair.prediction
     if temperature is not None:
         return calibrated_probabilities(
-            prediction.array, temperature, options, path, prediction.value_range
+            prediction.array,
+            temperature,
+            options,
+            path,
+            prediction.value_range,
+            unscaled_integers=prediction.unscaled_integers,
         )
-    return to_probabilities(prediction.array, options, path, prediction.value_range)
+    return to_probabilities(
+        prediction.array,
+        options,
+        path,
+        prediction.value_range,
+        unscaled_integers=prediction.unscaled_integers,
+    )
 
 
 def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
@@ -175,11 +186,14 @@ def to_probabilities(
     options: EvaluationOptions,
     path: Path,
     value_range: tuple[float, float] | None = None,
+    *,
+    unscaled_integers: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """Probabilities ``(C, *spatial)`` from the stored values: validated and clipped, or activated.
 
     ``value_range`` is the known smallest and largest value (``Volume.value_range``);
-    None: found here.
+    None: found here. ``unscaled_integers`` (``Volume.unscaled_integers``) explains
+    values above 1 in the error.
 
     Raises:
         InputError: probabilities outside [0, 1] beyond the tolerance.
@@ -188,14 +202,26 @@ def to_probabilities(
         return _activate(array, options.activation)
     low, high = value_range or (float(array.min()), float(array.max()))
     if low < -PROBABILITY_TOLERANCE or high > 1.0 + PROBABILITY_TOLERANCE:
-        raise InputError(
-            path,
-            f"values range from {low:.6g} to {high:.6g}, outside [0, 1]; if these are logits, "
-            "use --input logits (with --activation softmax or sigmoid)",
-        )
+        raise InputError(path, _range_problem(low, high, unscaled_integers))
     if low < 0.0 or high > 1.0:
         np.clip(array, 0.0, 1.0, out=array)
     return array
+
+
+def _range_problem(low: float, high: float, unscaled_integers: str | None) -> str:
+    """Why values outside [0, 1] are refused: logits, or integers without their scale."""
+    logits = "use --input logits (with --activation softmax or sigmoid)"
+    text = f"values range from {low:.6g} to {high:.6g}, outside [0, 1]"
+    if unscaled_integers is None or high <= 1.0:
+        return f"{text}; if these are logits, {logits}"
+    # The integer that most likely stands for probability 1: the largest uint8, int16
+    # or uint16 (the usual storage of probability maps), whichever first holds them.
+    full = next((n for n in (255, 32767, 65535) if high <= n), int(high))
+    return (
+        f"{text}; they look like unscaled integer storage, {unscaled_integers}: if {full} "
+        f"stands for probability 1, save the map with scl_slope 1/{full} (or as float32); "
+        f"if they are logits, {logits}"
+    )
 
 
 def softmax_sum_problem(probabilities: npt.NDArray[np.float32]) -> str | None:
@@ -327,6 +353,8 @@ def calibrated_probabilities(
     options: EvaluationOptions,
     path: Path,
     value_range: tuple[float, float] | None = None,
+    *,
+    unscaled_integers: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """Calibrated probabilities of one stored prediction, as ``calibkit evaluate`` reads it.
 
@@ -341,6 +369,7 @@ def calibrated_probabilities(
         options: ``input_kind`` and ``activation`` are used.
         path: the prediction file, named in errors.
         value_range: the known smallest and largest value (``Volume.value_range``).
+        unscaled_integers: ``Volume.unscaled_integers``, named when values exceed 1.
 
     Raises:
         InputError: bad probabilities, a channel count that does not fit the model, or
@@ -354,5 +383,7 @@ def calibrated_probabilities(
                 f"--activation {options.activation}; use --activation {model.activation}",
             )
         return calibrate_logits(array, model, path=path)
-    probabilities = to_probabilities(array, options, path, value_range)
+    probabilities = to_probabilities(
+        array, options, path, value_range, unscaled_integers=unscaled_integers
+    )
     return calibrate_probabilities(probabilities, model, path=path)

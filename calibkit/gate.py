@@ -32,7 +32,7 @@ import numpy.typing as npt
 from calibkit.errors import InputError
 from calibkit.formatting import format_number
 from calibkit.metrics import METRICS
-from calibkit.runs import MEAN_CLASS, load_run
+from calibkit.runs import MEAN_CLASS, _no_shared_cases, load_run
 
 if TYPE_CHECKING:
     from calibkit.runs import Run
@@ -288,7 +288,8 @@ def check_run(
 
     Raises:
         ValueError: no bounds, a relative bound without baseline, unknown statistic.
-        InputError: a run lacks a metric or a class named by a bound.
+        InputError: a run lacks a metric or a class named by a bound, or relative
+            bounds meet a baseline that shares no case id with the run.
     """
 
     if statistic not in STATISTICS:
@@ -301,6 +302,8 @@ def check_run(
     relative = [bound for bound in bounds if bound.relative]
     if baseline is not None and relative:
         baseline.require([bound.metric for bound in relative])
+        if not set(run.case_ids) & set(baseline.case_ids):
+            raise InputError(baseline.path, _no_shared_cases(baseline, run))
     known = (*run.class_names, MEAN_CLASS)
     checks = []
     for bound in bounds:

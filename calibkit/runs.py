@@ -330,8 +330,8 @@ def compare_runs(
         :class:`Comparison`.
 
     Raises:
-        InputError: a folder cannot be read, lacks a requested metric, or the runs'
-            classes differ.
+        InputError: a folder cannot be read, lacks a requested metric, the runs'
+            classes differ, or the runs share no case id.
     """
 
     run_a, run_b = load_runs([folder_a, folder_b], names)
@@ -347,6 +347,9 @@ def compare_runs(
             f"has classes {', '.join(run_b.class_names)} but {run_a.path} has "
             f"{', '.join(run_a.class_names)}; compare runs of the same classes",
         )
+    ids_a, ids_b = set(run_a.case_ids), set(run_b.case_ids)
+    if not ids_a & ids_b:
+        raise InputError(run_b.path, _no_shared_cases(run_b, run_a))
     table = compare_tables(
         run_a.values,
         run_b.values,
@@ -355,7 +358,6 @@ def compare_runs(
         test=test,
         correction=correction,
     )
-    ids_a, ids_b = set(run_a.case_ids), set(run_b.case_ids)
     return Comparison(
         run_a=run_a,
         run_b=run_b,
@@ -364,4 +366,17 @@ def compare_runs(
         table=table,
         only_in_a=tuple(sorted(ids_a - ids_b)),
         only_in_b=tuple(sorted(ids_b - ids_a)),
+    )
+
+
+def _no_shared_cases(run: Run, other: Run) -> str:
+    """Why two runs cannot be paired: no case id in common (with an example of each)."""
+
+    def some(ids: tuple[str, ...]) -> str:
+        return f"{len(ids)} case(s), e.g. {', '.join(ids[:2])}" if ids else "no cases"
+
+    return (
+        f"the runs share no case ids ({run.name}: {some(run.case_ids)}; {other.name}: "
+        f"{some(other.case_ids)}); pair runs evaluated on the same cases, with the same "
+        "file names"
     )

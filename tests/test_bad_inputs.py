@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import assert_user_error, run_cli
 from typer.testing import CliRunner
 
 from calibkit.cli import app
@@ -250,3 +251,92 @@ def test_unusable_out(tmp_path: Path, where: str) -> None:
     assert result.exit_code == 1
     assert fragment in result.stderr and str(out) in result.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------- messages that name the cause
+
+
+def test_channel_first_prediction_says_so(tmp_path: Path) -> None:
+    preds, labels = build(tmp_path)
+    # Saved (C, x, y, z) = (3, 6, 7, 8): read channels-last, 8 channels on a (3, 6, 7) grid.
+    set_prediction(preds, np.moveaxis(prediction(preds), -1, 0))
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(
+        code,
+        stderr,
+        "case1_pred.nii.gz: shape (3, 6, 7) does not match label",
+        "the file's shape (3, 6, 7, 8) looks channel-first, (C, x, y, z) with 3 channel(s)",
+        "move the channel axis last",
+    )
+    assert "resample" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_that_is_not_channel_first_says_resample(tmp_path: Path) -> None:
+    preds, labels = build(tmp_path)
+    shape_mismatch(preds, labels)
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "case1_pred.nii.gz: shape (6, 7, 9)", "resample them first")
+    assert "channel-first" not in stderr
+
+
+# scl_slope is a float32 at byte 112 of a NIfTI-1 header.
+_SCL_SLOPE_OFFSET = 112
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scl_slope"),
+    [(np.uint16, 0.0), (np.uint16, 1.0), (np.uint16, np.nan), (np.uint8, 0.0), (np.int16, 1.0)],
+)
+def test_unscaled_integer_prediction_says_so(
+    tmp_path: Path, dtype: type[np.integer], scl_slope: float
+) -> None:
+    preds, labels = build(tmp_path)
+    full = int(np.iinfo(dtype).max)  # the integer that should stand for probability 1
+    stored = np.round(prediction(preds) * full).astype(dtype)
+    (preds / "case1_pred.nii.gz").unlink()
+    path = preds / "case1_pred.nii"
+    nib.save(nib.Nifti1Image(stored, AFFINE), path)
+    raw = bytearray(path.read_bytes())
+    raw[_SCL_SLOPE_OFFSET : _SCL_SLOPE_OFFSET + 4] = np.float32(scl_slope).tobytes()
+    path.write_bytes(bytes(raw))
+    shown = f"{np.dtype(dtype)} values with no scale factor (scl_slope unset, 0 or 1)"
+    high = int(stored.max())
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(
+        code,
+        stderr,
+        f"case1_pred.nii: values range from {int(stored.min())} to {high}, outside [0, 1]",
+        f"they look like unscaled integer storage, {shown}",
+        f"if {full} stands for probability 1, save the map with scl_slope 1/{full}",
+        "if they are logits, use --input logits",
+    )
+
+
+def test_scaled_integer_prediction_is_read(tmp_path: Path) -> None:
+    preds, labels = build(tmp_path)
+    stored = np.round(prediction(preds) * 255).astype(np.uint8)
+    image = nib.Nifti1Image(stored, AFFINE)
+    image.header.set_slope_inter(1 / 255, 0.0)
+    nib.save(image, preds / "case1_pred.nii.gz")
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out", "--quiet")
+    assert code == 0, stderr
+
+
+def test_float_logits_say_logits_only(tmp_path: Path) -> None:
+    preds, labels = build(tmp_path)
+    above_one(preds, labels)
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(code, stderr, "outside [0, 1]; if these are logits, use --input logits")
+    assert "integer" not in stderr
+
+
+def test_non_integer_label_value_is_shown_in_full(tmp_path: Path) -> None:
+    preds, labels = build(tmp_path)
+    label = np.ones(SHAPE, np.float32)
+    label[3, 3, 3] = np.nextafter(np.float32(1), np.float32(2))  # 1.0000001 as float32
+    nib.save(nib.Nifti1Image(label, AFFINE), labels / "case1_seg.nii.gz")
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert_user_error(
+        code, stderr, "case1_seg.nii.gz: label map has non-integer values (e.g. 1.0000001);"
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_user_error, run_cli
 from typer.testing import CliRunner
 
 import calibkit.cli.compare  # noqa: F401  (registers compare, summarize, gate)
@@ -251,6 +252,20 @@ def test_markdown_summary_without_env_is_not_written(run_dir: Path, tmp_path: Pa
     assert "0 of 1 bounds hold" in text and "❌ fail" in text
     code, _, _ = invoke(run_dir, "--max", "ace=0.3", env={"GITHUB_STEP_SUMMARY": ""})
     assert code == 0 and not list(tmp_path.glob("*.md"))
+
+
+def test_cli_against_a_baseline_without_shared_cases(tmp_path: Path, run_dir: Path) -> None:
+    other = {f"x{i}": (0.2, 0.3, 0.1) for i in range(2)}
+    baseline = write_run(tmp_path / "released", other, other)
+    args = ("gate", run_dir, "--against", baseline, "--max-increase", "ace=0.01")
+    code, stdout, stderr = run_cli(*args)
+    assert_user_error(
+        code,
+        stderr,
+        f"{baseline}: the runs share no case ids (released: 2 case(s), e.g. x0, x1; model: "
+        "3 case(s), e.g. c1, c2)",
+    )
+    assert stdout == ""
 
 
 def test_cli_against_baseline(run_dir: Path, baseline_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +417,23 @@ def test_geometry_shape_mismatch_raises() -> None:
     pred = _volume((2, 3, 4, 5), None, "p.nii.gz")
     label = _volume((3, 4, 6), None, "l.nii.gz")
     with pytest.raises(InputError, match=r"p\.nii\.gz: shape \(3, 4, 5\) does not match label"):
+        check_geometry(pred, label)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("p.nii.gz", "the file's shape (2, 3, 4, 5) looks channel-first"),
+        ("p.nii", "move the channel axis last"),
+        # nnU-Net's .npz has its own fixed layout: no NIfTI channel axis to move.
+        ("p.npz", "resample them first"),
+    ],
+)
+def test_geometry_channel_first_hint_for_nifti(name: str, fragment: str) -> None:
+    # A NIfTI (2, 3, 4, 5) is read channels-last: 5 channels on the grid (2, 3, 4).
+    pred = _volume((5, 2, 3, 4), None, name)
+    label = _volume((3, 4, 5), None, "l.nii.gz")
+    with pytest.raises(InputError, match=re.escape(fragment)):
         check_geometry(pred, label)
 
 

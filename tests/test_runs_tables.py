@@ -10,14 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, assert_user_error, run_cli
 from scipy import stats as scipy_stats
-from typer.testing import CliRunner
 
-# Importing the command modules registers compare, summarize, gate and evaluate on the app.
-import calibkit.cli.compare
-import calibkit.cli.evaluate  # noqa: F401
-from calibkit.cli.app import app
 from calibkit.errors import InputError
 from calibkit.runs import compare_runs, load_run, load_runs
 from calibkit.tables import render_summary, summarize_folders, summarize_runs
@@ -50,13 +45,6 @@ TABLE_1_DICE = {
     "baseline_dice_ce": ("0.85 ± 0.17", "0.89 ± 0.17", "0.90 ± 0.11", "0.88 ± 0.13"),
     "hardl1ace_dice_ce": ("0.82 ± 0.20", "0.86 ± 0.21", "0.88 ± 0.13", "0.85 ± 0.16"),
 }
-
-runner = CliRunner()
-
-
-def run_cli(*args: str | Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def write_paper_run(
@@ -215,7 +203,7 @@ def test_compare_cli_outputs(tmp_path: Path) -> None:
     b = write_paper_run(tmp_path / "b", {"ace": better})
     code, stdout, stderr = run_cli("compare", a, b, "--out", tmp_path / "s.json", "--names", "A,B")
     assert code == 0, stderr
-    assert "1 case(s) of run A are missing in B" in stderr and "c0" in stderr
+    assert "1 case(s) of A (A) are missing in B (B)" in stderr and "c0" in stderr
     assert "1 only in A" in stdout and "mean A" in stdout
     record = json.loads((tmp_path / "s.json").read_text())
     assert record["only_in_a"] == ["c0"] and record["test"] == "wilcoxon"
@@ -232,6 +220,38 @@ def test_compare_cli_outputs(tmp_path: Path) -> None:
     assert run_cli("compare", a, b, "--metrics", "acc")[0] == 2
     code, _, stderr = run_cli("compare", a, tmp_path / "nope")
     assert code == 1 and "nope" in stderr and "Traceback" not in stderr
+
+
+def test_compare_warnings_use_the_given_names(tmp_path: Path) -> None:
+    cases = {f"c{i}": (0.1 + i / 50, 0.2, 0.3) for i in range(6)}
+    a = write_paper_run(tmp_path / "run_a", {"ace": {**cases, "a_only": (0.1, 0.1, 0.1)}})
+    b = write_paper_run(tmp_path / "run_b", {"ace": {**cases, "b_only": (0.2, 0.2, 0.2)}})
+    code, _, stderr = run_cli("compare", a, b, "--names", "DSC,DSC+ACE", "-q")
+    assert code == 0, stderr
+    warnings = [line for line in stderr.splitlines() if line.strip()]
+    assert warnings == [
+        "warning: 1 case(s) of DSC (A) are missing in DSC+ACE (B) and left out of the pairs: "
+        "a_only",
+        "warning: 1 case(s) of DSC+ACE (B) are missing in DSC (A) and left out of the pairs: "
+        "b_only",
+    ]
+    # Without --names, the folder names.
+    code, _, stderr = run_cli("compare", a, b, "-q")
+    assert code == 0 and "1 case(s) of run_a (A) are missing in run_b (B)" in stderr
+
+
+def test_compare_of_runs_without_shared_cases_is_an_error(tmp_path: Path) -> None:
+    a = write_paper_run(tmp_path / "a", {"ace": {f"c{i}": (0.1, 0.2, 0.3) for i in range(3)}})
+    b = write_paper_run(tmp_path / "b", {"ace": {f"x{i}": (0.1, 0.2, 0.3) for i in range(4)}})
+    out = tmp_path / "s.csv"
+    code, stdout, stderr = run_cli("compare", a, b, "--names", "DSC,ACE", "--out", out)
+    assert_user_error(
+        code,
+        stderr,
+        f"{b}: the runs share no case ids (ACE: 4 case(s), e.g. x0, x1; DSC: 3 case(s), "
+        "e.g. c0, c1)",
+    )
+    assert stdout == "" and not out.exists()
 
 
 def test_compare_rejects_different_classes(tmp_path: Path) -> None:

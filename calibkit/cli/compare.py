@@ -137,15 +137,16 @@ def compare_cli(
             correction=correction.value,  # type: ignore[arg-type]
             names=display,
         )
-        for label, ids, other in (
-            ("A", comparison.only_in_a, comparison.run_b.name),
-            ("B", comparison.only_in_b, comparison.run_a.name),
-        ):
+        # The runs by their display names (--names, else the folder names), each with
+        # its letter, as in the table's title "A = ..., B = ...".
+        a = f"{comparison.run_a.name} (A)"
+        b = f"{comparison.run_b.name} (B)"
+        for ids, has, lacks in ((comparison.only_in_a, a, b), (comparison.only_in_b, b, a)):
             if ids:
                 shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
                 stderr.print(
-                    f"[yellow]warning:[/] {len(ids)} case(s) of run {label} are missing in "
-                    f"{escape(other)} and left out of the pairs: {escape(shown)}",
+                    f"[yellow]warning:[/] {len(ids)} case(s) of {escape(has)} are missing in "
+                    f"{escape(lacks)} and left out of the pairs: {escape(shown)}",
                     soft_wrap=True,
                 )
         if out is not None:

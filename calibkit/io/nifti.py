@@ -49,7 +49,8 @@ def _quiet_nibabel() -> Iterator[None]:
         logger.disabled = disabled
 
 
-def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """The channel-first float32 array, the affine, and :func:`_unscaled_integers`."""
     img = _load_nifti(path)
     shape = tuple(int(n) for n in img.shape)
     ndim = len(shape)
@@ -85,7 +86,7 @@ def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if ndim == 5:
                 data = data[:, :, :, 0, :]
     array = data[np.newaxis] if ndim == 3 else np.moveaxis(data, -1, 0)
-    return array, np.asarray(img.affine, dtype=np.float64)
+    return array, np.asarray(img.affine, dtype=np.float64), _unscaled_integers(img, stored)
 
 
 def _scale_to_float32(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
@@ -111,3 +112,17 @@ def _scale_to_float32(raw: np.ndarray, slope: float, inter: float) -> np.ndarray
     for c in range(raw.shape[-1]):
         out[..., c] = raw[..., c].astype(np.float64) * slope + inter
     return out
+
+
+def _unscaled_integers(img: Any, stored: np.dtype[Any]) -> str | None:
+    """``"uint16 values with no scale factor (scl_slope unset, 0 or 1)"`` when the file
+    stores integers that nibabel does not scale; None for floats or scaled integers.
+
+    Probability maps stored as integers need ``scl_slope`` (uint8 ``k`` with slope
+    1/255 is ``k/255``); without it ``k`` is read as is, which a range error then
+    explains. nibabel reads a slope of 0 or NaN as none, and resets the loaded
+    header's slope, so which of these the file holds is not told apart.
+    """
+    if stored.kind not in "iu" or float(img.dataobj.slope) != 1.0 or img.dataobj.inter != 0.0:
+        return None
+    return f"{stored} values with no scale factor (scl_slope unset, 0 or 1)"

@@ -87,10 +87,12 @@ def _check_integer_valued(raw: np.ndarray, path: Path) -> None:
         slab = raw[..., start : start + step]
         bad = slab != np.floor(slab)  # NaN != NaN, so NaN counts as non-integer
         if bad.any():
-            example = slab[bad].flat[0]
+            # numpy's shortest round-trip text of the stored value: float32 1.0000001
+            # shows as 1.0000001, where :g (6 significant digits) showed 1.
+            example = str(slab[bad].flat[0])
             raise InputError(
                 path,
-                f"label map has non-integer values (e.g. {example:g}); labels must be integers "
+                f"label map has non-integer values (e.g. {example}); labels must be integers "
                 "(re-save it with an integer data type)",
             )
         if not np.isfinite(slab).all():

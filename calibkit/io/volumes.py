@@ -67,12 +67,18 @@ class Volume:
         path: the file it was read from.
         value_range: smallest and largest value of a prediction (found by the
             finiteness check of ``read_prediction``); None for labels.
+        unscaled_integers: how a NIfTI prediction stores integers read without a
+            scale factor (``"uint16 values with no scale factor (scl_slope unset, 0 or
+            1)"``),
+            which explains values far above 1; None for floats, scaled integers,
+            other formats and labels.
     """
 
     array: np.ndarray
     affine: np.ndarray | None
     path: Path
     value_range: tuple[float, float] | None = None
+    unscaled_integers: str | None = None
 
 
 def read_prediction(path: Path | str) -> Volume:
@@ -96,14 +102,21 @@ def read_prediction(path: Path | str) -> Volume:
     """
     path = Path(path)
     suffix = _check_file(path, PREDICTION_SUFFIXES)
+    unscaled_integers = None
     if suffix in NIFTI_SUFFIXES:
-        array, affine = _read_nifti_prediction(path)
+        array, affine, unscaled_integers = _read_nifti_prediction(path)
     elif suffix == ".npz":
         array, affine = _read_npz_prediction(path), None
     else:
         array, affine = _read_sitk_prediction(path)
     value_range = _check_finite(array, path)
-    return Volume(array=array, affine=affine, path=path, value_range=value_range)
+    return Volume(
+        array=array,
+        affine=affine,
+        path=path,
+        value_range=value_range,
+        unscaled_integers=unscaled_integers,
+    )
 
 
 def read_label(path: Path | str) -> Volume:
@@ -158,10 +171,11 @@ def check_geometry(pred: Volume, label: Volume, tolerance_mm: float = 1e-3) -> s
     spatial = tuple(int(n) for n in pred.array.shape[1:])
     label_shape = tuple(int(n) for n in label.array.shape)
     if spatial != label_shape:
+        hint = _channel_first_hint(pred, label_shape)
         raise InputError(
             pred.path,
             f"shape {spatial} does not match label {label.path} shape {label_shape}; "
-            "predictions must be on the label's voxel grid (resample them first)",
+            + (hint or "predictions must be on the label's voxel grid (resample them first)"),
         )
     if pred.affine is None or label.affine is None:
         return None
@@ -172,3 +186,23 @@ def check_geometry(pred: Volume, label: Volume, tolerance_mm: float = 1e-3) -> s
             "(use --ignore-geometry to accept)"
         )
     return None
+
+
+def _channel_first_hint(pred: Volume, label_shape: tuple[int, ...]) -> str | None:
+    """How to fix a NIfTI prediction saved channel-first, ``(C, x, y, z)``; else None.
+
+    NIfTI channels are read from the last axis, so such a file reads as ``z``
+    channels on the grid ``(C, x, y)``. It looks channel-first when its last three
+    stored axes are the label's shape.
+    """
+    # One channel: a 3-D file, which has no channel axis to misplace.
+    if split_suffix(pred.path)[1] not in NIFTI_SUFFIXES or pred.array.shape[0] < 2:
+        return None
+    stored = (*(int(n) for n in pred.array.shape[1:]), int(pred.array.shape[0]))
+    if stored[1:] != label_shape:
+        return None
+    return (
+        f"the file's shape {stored} looks channel-first, (C, x, y, z) with {stored[0]} "
+        "channel(s), but NIfTI channels come last, (x, y, z, C): move the channel axis "
+        "last (e.g. numpy.moveaxis(probabilities, 0, -1)) before saving"
+    )
