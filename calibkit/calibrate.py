@@ -32,7 +32,12 @@ import numpy.typing as npt
 from calibkit._deprecation import moved_names
 from calibkit._version import __version__
 from calibkit.binning import BinStats, bin_statistics
-from calibkit.cases import calibrated_probabilities, load_case, to_probabilities
+from calibkit.cases import (
+    calibrated_probabilities,
+    choose_activation,
+    load_case,
+    to_probabilities,
+)
 from calibkit.classes import ClassPlan, class_probability, class_target
 from calibkit.errors import CalibkitError, InputError, OutputError, WriteError
 from calibkit.execution import Executor, run_cases
@@ -43,9 +48,8 @@ from calibkit.io.temperature import FORMAT_VERSION, TEMPERATURE_FORMAT, load_tem
 from calibkit.io.volumes import read_prediction
 from calibkit.io.writing import write_prediction
 from calibkit.metrics import calibration_errors, per_image_mean
-from calibkit.records import EvaluationOptions
+from calibkit.records import ACTIVATION_CHOICES, EvaluationOptions
 from calibkit.temperature import (
-    ACTIVATIONS,
     DEFAULT_BOUNDS,
     PROBABILITY_CLIP,
     TemperatureFit,
@@ -221,9 +225,11 @@ def fit_temperature_folder(
         per_class: one temperature per prediction channel.
         max_voxels: total voxel budget, spread evenly over the cases.
         seed: sampling seed (non-negative).
-        activation: ``"softmax"`` or ``"sigmoid"``; None picks the softmax for
+        activation: ``"auto"``, ``"softmax"`` or ``"sigmoid"``; None: for logits
+            ``options.activation``, else ``"auto"``, which picks the softmax for
             mutually exclusive channels (a softmax map) and the sigmoid for region maps
-            or one channel. For logits it must agree with ``options.activation``.
+            or one channel (:func:`calibkit.cases.choose_activation`). For logits it
+            must agree with ``options.activation`` unless that is ``"auto"``.
         bounds: search interval for ``T``.
         progress: called with each case id once its voxels are sampled.
         on_start: called once with the number of cases.
@@ -241,8 +247,8 @@ def fit_temperature_folder(
         raise CalibkitError(f"--max-voxels must be a positive integer, got {max_voxels}")
     if int(seed) != seed or seed < 0:
         raise CalibkitError(f"--seed must be a non-negative integer, got {seed}")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise CalibkitError("--activation must be 'softmax' or 'sigmoid'")
+    if activation is not None and activation not in ACTIVATION_CHOICES:
+        raise CalibkitError("--activation must be 'auto', 'softmax' or 'sigmoid'")
     if not (0 < bounds[0] < bounds[1] and math.isfinite(bounds[1])):
         raise CalibkitError(f"temperature bounds must satisfy 0 < low < high, got {bounds}")
     pred_dir, label_dir = Path(predictions), Path(labels)
@@ -393,24 +399,16 @@ def _setup(
 def _choose_activation(
     requested: str | None, options: EvaluationOptions, plan: ClassPlan, path: Path
 ) -> str:
-    if options.input_kind == "logits":
-        if requested is not None and requested != options.activation:
+    """The activation of the fit: ``requested``, reconciled with how logits are read."""
+    wanted = requested or "auto"
+    if options.input_kind == "logits" and options.activation != "auto":
+        if requested is not None and requested not in ("auto", options.activation):
             raise CalibkitError(
                 f"--activation {requested} differs from the activation the logits are read "
                 f"with ({options.activation}); give one activation"
             )
-        chosen: str = options.activation
-    else:
-        exclusive = plan.exclusive and plan.n_channels > 1
-        chosen = requested or ("softmax" if exclusive else "sigmoid")
-    if chosen == "softmax" and not (plan.exclusive and plan.n_channels > 1):
-        kind = "one channel" if plan.n_channels == 1 else f"{plan.n_channels} region channels"
-        raise InputError(
-            path,
-            f"a softmax temperature needs mutually exclusive channels (a softmax map), but "
-            f"this prediction has {kind} ({', '.join(plan.names)}); use --activation sigmoid",
-        )
-    return chosen
+        wanted = options.activation
+    return choose_activation(wanted, plan, path)
 
 
 def _sample_case(

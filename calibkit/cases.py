@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,7 @@ __all__ = [
     "calibrated_probabilities",
     "case_probabilities",
     "case_statistics",
+    "choose_activation",
     "class_plan",
     "evaluate_case",
     "load_case",
@@ -98,6 +99,60 @@ def class_plan(n_channels: int, options: EvaluationOptions, path: Path) -> Class
         raise InputError(path, str(error)) from None
 
 
+def choose_activation(
+    requested: str, plan: ClassPlan, path: Path | str
+) -> Literal["softmax", "sigmoid"]:
+    """The activation that turns the logits of a prediction with this class plan into probabilities.
+
+    The one place that decides it, for ``evaluate``, ``fit-temperature``,
+    ``apply-temperature`` and ``evaluate --temperature``. ``"auto"`` picks from the
+    channels: the softmax for mutually exclusive channels (a softmax map of two or
+    more classes), the sigmoid for one channel (a binary map: the logit of the
+    foreground) and for region maps (overlapping channels, such as BraTS ET/TC/WT).
+
+    Args:
+        requested: ``"auto"``, ``"softmax"`` or ``"sigmoid"`` (``--activation``).
+        plan: the evaluated classes of the prediction.
+        path: the prediction file, named in errors.
+
+    Raises:
+        InputError: a softmax asked for channels that are not mutually exclusive (a
+            softmax over one channel is 1 everywhere; over regions it makes nested
+            regions compete).
+        CalibkitError: ``requested`` is no activation.
+
+    Example:
+        >>> from calibkit.classes import resolve_classes
+        >>> choose_activation("auto", resolve_classes(1), "a.nii.gz")
+        'sigmoid'
+        >>> choose_activation("auto", resolve_classes(4, preset="brats"), "a.nii.gz")
+        'softmax'
+    """
+    exclusive = plan.exclusive and plan.n_channels > 1
+    if requested == "auto":
+        return "softmax" if exclusive else "sigmoid"
+    if requested == "sigmoid":
+        return "sigmoid"
+    if requested != "softmax":
+        raise CalibkitError(
+            f"--activation must be 'auto', 'softmax' or 'sigmoid', got {requested!r}"
+        )
+    if not exclusive:
+        if plan.n_channels == 1:
+            problem = (
+                "a softmax over one channel is 1 everywhere; a one-channel map is binary: "
+                "use --activation sigmoid (the default for one channel)"
+            )
+        else:
+            problem = (
+                f"a softmax over the {plan.n_channels} region channels "
+                f"({', '.join(plan.names)}) makes overlapping regions exclude each other; "
+                "use --activation sigmoid (the default for region maps)"
+            )
+        raise InputError(path, problem)
+    return "softmax"
+
+
 def load_case(pair: CasePair, options: EvaluationOptions) -> LoadedCase:
     """Read one case and check it: geometry, class plan, label values.
 
@@ -141,6 +196,7 @@ def case_probabilities(
             path,
             prediction.value_range,
             unscaled_integers=prediction.unscaled_integers,
+            plan=case.plan,
         )
     return to_probabilities(
         prediction.array,
@@ -148,6 +204,7 @@ def case_probabilities(
         path,
         prediction.value_range,
         unscaled_integers=prediction.unscaled_integers,
+        plan=case.plan,
     )
 
 
@@ -188,18 +245,22 @@ def to_probabilities(
     value_range: tuple[float, float] | None = None,
     *,
     unscaled_integers: str | None = None,
+    plan: ClassPlan | None = None,
 ) -> npt.NDArray[np.float32]:
     """Probabilities ``(C, *spatial)`` from the stored values: validated and clipped, or activated.
 
     ``value_range`` is the known smallest and largest value (``Volume.value_range``);
     None: found here. ``unscaled_integers`` (``Volume.unscaled_integers``) explains
-    values above 1 in the error.
+    values above 1 in the error. ``plan`` is the prediction's class plan (None: made
+    here from the channel count and ``options``); logits are activated as
+    :func:`choose_activation` says for it.
 
     Raises:
-        InputError: probabilities outside [0, 1] beyond the tolerance.
+        InputError: probabilities outside [0, 1] beyond the tolerance, or a softmax
+            asked for channels that are not mutually exclusive.
     """
     if options.input_kind == "logits":
-        return _activate(array, options.activation)
+        return _activate(array, _logit_activation(array, options, path, plan))
     low, high = value_range or (float(array.min()), float(array.max()))
     if low < -PROBABILITY_TOLERANCE or high > 1.0 + PROBABILITY_TOLERANCE:
         raise InputError(path, _range_problem(low, high, unscaled_integers))
@@ -256,6 +317,18 @@ def argmax_channel(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.uin
         best[larger] = channel
         np.maximum(best_value, probabilities[channel], out=best_value)
     return best
+
+
+def _logit_activation(
+    array: npt.NDArray[np.float32],
+    options: EvaluationOptions,
+    path: Path,
+    plan: ClassPlan | None,
+) -> Literal["softmax", "sigmoid"]:
+    """The activation of these logits: :func:`choose_activation` for their class plan."""
+    if plan is None:
+        plan = class_plan(int(array.shape[0]), options, path)
+    return choose_activation(options.activation, plan, path)
 
 
 def _activate(logits: npt.NDArray[np.float32], activation: str) -> npt.NDArray[np.float32]:
@@ -355,6 +428,7 @@ def calibrated_probabilities(
     value_range: tuple[float, float] | None = None,
     *,
     unscaled_integers: str | None = None,
+    plan: ClassPlan | None = None,
 ) -> npt.NDArray[np.float32]:
     """Calibrated probabilities of one stored prediction, as ``calibkit evaluate`` reads it.
 
@@ -370,20 +444,24 @@ def calibrated_probabilities(
         path: the prediction file, named in errors.
         value_range: the known smallest and largest value (``Volume.value_range``).
         unscaled_integers: ``Volume.unscaled_integers``, named when values exceed 1.
+        plan: the prediction's class plan (None: made here from the channel count and
+            ``options``); logits are activated as :func:`choose_activation` says for it.
 
     Raises:
         InputError: bad probabilities, a channel count that does not fit the model, or
             logits to activate with another activation than the model's.
     """
     if options.input_kind == "logits":
-        if options.activation != model.activation:
+        activation = _logit_activation(array, options, path, plan)
+        if activation != model.activation:
             raise InputError(
                 model.source or path,
-                f"was fitted with a {model.activation} but the logits are read with "
-                f"--activation {options.activation}; use --activation {model.activation}",
+                f"was fitted with a {model.activation} but the logits are read with a "
+                f"{activation} (--activation {options.activation}); "
+                f"use --activation {model.activation}",
             )
         return calibrate_logits(array, model, path=path)
     probabilities = to_probabilities(
-        array, options, path, value_range, unscaled_integers=unscaled_integers
+        array, options, path, value_range, unscaled_integers=unscaled_integers, plan=plan
     )
     return calibrate_probabilities(probabilities, model, path=path)

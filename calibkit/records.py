@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "ACTIVATION_CHOICES",
     "Activation",
     "Backend",
     "CaseResult",
@@ -39,7 +40,8 @@ __all__ = [
 
 Backend = Literal["auto", "numpy", "torch"]
 InputKind = Literal["probabilities", "logits"]
-Activation = Literal["softmax", "sigmoid"]
+Activation = Literal["auto", "softmax", "sigmoid"]
+ACTIVATION_CHOICES: tuple[str, ...] = ("auto", "softmax", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,10 @@ class EvaluationOptions:
         include_background: evaluate label 0 / channel 0 too.
         preset: ``"brats"`` for the ET/TC/WT regions.
         input_kind: ``"probabilities"`` or ``"logits"``.
-        activation: turns logits into probabilities: ``"softmax"`` or ``"sigmoid"``.
+        activation: turns logits into probabilities: ``"auto"`` (chosen from the
+            channels by :func:`calibkit.cases.choose_activation`: the softmax for
+            mutually exclusive channels, the sigmoid for one channel or region maps),
+            ``"softmax"`` or ``"sigmoid"``.
         ignore_geometry: downgrade affine mismatches to warnings.
         allow_missing: skip (and list) cases without a partner.
         suffixes: case-id suffixes stripped from file names.
@@ -74,7 +79,7 @@ class EvaluationOptions:
     include_background: bool = False
     preset: str | None = None
     input_kind: InputKind = "probabilities"
-    activation: Activation = "softmax"
+    activation: Activation = "auto"
     ignore_geometry: bool = False
     allow_missing: bool = False
     suffixes: tuple[str, ...] = DEFAULT_CASE_SUFFIXES
@@ -96,8 +101,8 @@ class EvaluationOptions:
             raise CalibkitError(f"--dice-mode must be one of {', '.join(DICE_MODES)}")
         if self.input_kind not in ("probabilities", "logits"):
             raise CalibkitError("--input must be 'probabilities' or 'logits'")
-        if self.activation not in ("softmax", "sigmoid"):
-            raise CalibkitError("--activation must be 'softmax' or 'sigmoid'")
+        if self.activation not in ACTIVATION_CHOICES:
+            raise CalibkitError("--activation must be 'auto', 'softmax' or 'sigmoid'")
         if self.backend not in ("auto", "numpy", "torch"):
             raise CalibkitError("--backend must be 'auto', 'numpy' or 'torch'")
 

@@ -497,7 +497,8 @@ class TemperatureModel:
 
     Attributes:
         temperature: one value, or one per prediction channel.
-        activation: ``"softmax"`` (over channels) or ``"sigmoid"`` (per channel).
+        activation: ``"softmax"`` (over two or more channels) or ``"sigmoid"`` (per
+            channel).
         n_channels: channel count of the predictions it was fitted for.
         class_names: the evaluated classes of the fit (informative).
         input_kind: what the fitted maps held (informative: ``T`` acts on logits either way).
@@ -510,6 +511,15 @@ class TemperatureModel:
     class_names: tuple[str, ...] = ()
     input_kind: str = "probabilities"
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {self.activation!r}")
+        if self.activation == "softmax" and self.n_channels < 2:
+            raise ValueError(
+                "a softmax over one channel is 1 everywhere; a one-channel map is binary: "
+                "use the sigmoid"
+            )
 
     @property
     def per_class(self) -> bool:

@@ -160,6 +160,26 @@ def temperature_of_other_channels(preds: Path, labels: Path) -> list[str]:
     return ["--temperature", str(path)]
 
 
+def softmax_over_one_channel(preds: Path, labels: Path) -> list[str]:
+    rng = np.random.default_rng(15)
+    for i in range(3):
+        set_prediction(preds, rng.normal(size=SHAPE) * 3, f"case{i}_pred.nii.gz")
+        label = rng.integers(0, 2, SHAPE).astype(np.uint8)
+        nib.save(nib.Nifti1Image(label, AFFINE), labels / f"case{i}_seg.nii.gz")
+    return ["--input", "logits", "--activation", "softmax"]
+
+
+def softmax_over_regions(preds: Path, labels: Path) -> list[str]:
+    return ["--preset", "brats", "--input", "logits", "--activation", "softmax"]
+
+
+def softmax_temperature_of_one_channel(preds: Path, labels: Path) -> list[str]:
+    path = preds.parent / "t.json"
+    path.write_text('{"temperature": 2.0, "activation": "softmax", "n_channels": 1}')
+    softmax_over_one_channel(preds, labels)  # one-channel logits and 0/1 labels
+    return ["--input", "logits", "--temperature", str(path)]
+
+
 def unknown_preset(preds: Path, labels: Path) -> list[str]:
     return ["--preset", "kits23"]
 
@@ -189,6 +209,21 @@ SCENARIOS: dict[str, tuple[Callable[[Path, Path], list[str]], str, str]] = {
         temperature_of_other_channels,
         "t.json",
         "fitted for 4",
+    ),
+    "--activation softmax on one-channel logits": (
+        softmax_over_one_channel,
+        "case0_pred.nii.gz",
+        "a softmax over one channel is 1 everywhere",
+    ),
+    "--activation softmax on region logits": (
+        softmax_over_regions,
+        "case0_pred.nii.gz",
+        "a softmax over the 3 region channels (ET, TC, WT)",
+    ),
+    "softmax temperature of one channel": (
+        softmax_temperature_of_one_channel,
+        "t.json",
+        "a softmax over one channel is 1 everywhere",
     ),
     "unknown --preset": (unknown_preset, "kits23", "brats"),
 }

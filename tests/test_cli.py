@@ -11,7 +11,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SAMPLE_DATA, assert_user_error, modules_imported
+from conftest import (
+    SAMPLE_DATA,
+    assert_clear_of_edges,
+    assert_user_error,
+    binary_reference,
+    modules_imported,
+    read_csv_rows,
+    write_binary_logits,
+)
 from conftest import run_cli as run
 
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -192,6 +200,57 @@ def test_logits_input(dataset: tuple[Path, Path], tmp_path: Path) -> None:
     nearest_edge = np.clip(np.round(scaled), 1, 19)
     assert np.abs(scaled - nearest_edge).min() > 20 * 1e-6
     np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_one_channel_logits_get_a_sigmoid_by_default(tmp_path: Path) -> None:
+    # Issue 15: a softmax over the one channel made p = 1 everywhere, silently.
+    preds, labels = write_binary_logits(tmp_path)
+    out = tmp_path / "out"
+    code, _, stderr = run("evaluate", preds, labels, "--input", "logits", "--out", out, "--quiet")
+    assert code == 0, stderr
+    assert stderr == ""
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["1"] and summary["options"]["activation"] == "auto"
+    for case_id in ("case0", "case1"):
+        z = np.asarray(nib.load(preds / f"{case_id}_pred.nii.gz").dataobj, dtype=np.float64)
+        y = np.asarray(nib.load(labels / f"{case_id}_seg.nii.gz").dataobj) == 1
+        p = 1 / (1 + np.exp(-z))
+        # calibkit's float32 sigmoid and this float64 one differ by a few float32
+        # roundings (about 1e-7) per voxel; no voxel lies within 1e-6 of an inner bin
+        # edge or of the Dice threshold 0.5 (checked), so both bin and threshold every
+        # voxel alike: Dice agrees exactly, and ACE / ECE / MCE (means and maxima of
+        # per-bin mean differences of such values) to well within 1e-6.
+        assert_clear_of_edges(p)
+        expected = binary_reference(p, y)
+        (row,) = read_csv_rows(out / "per_image.csv", case_id)
+        for metric in ("ace", "ece", "mce"):
+            assert float(row[metric]) == pytest.approx(expected[metric], abs=1e-6), metric
+        assert float(row["dice"]) == expected["dice"]
+    # The explicit sigmoid gives the same files, byte for byte, but for the option.
+    explicit = tmp_path / "explicit"
+    code, _, stderr = run(
+        "evaluate", preds, labels, "--input", "logits", "--activation", "sigmoid",
+        "--out", explicit, "--quiet",
+    )  # fmt: skip
+    assert code == 0, stderr
+    for name in ("per_image.csv", "summary.csv", "bins.npz"):
+        assert (explicit / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_softmax_over_one_channel_is_refused(tmp_path: Path) -> None:
+    preds, labels = write_binary_logits(tmp_path)
+    out = tmp_path / "out"
+    code, _, stderr = run(
+        "evaluate", preds, labels, "--input", "logits", "--activation", "softmax", "--out", out
+    )
+    assert_user_error(
+        code,
+        stderr,
+        "case0_pred.nii.gz",
+        "a softmax over one channel is 1 everywhere; a one-channel map is binary",
+        "--activation sigmoid",
+    )
+    assert not out.exists()
 
 
 def test_existing_results_are_kept(dataset: tuple[Path, Path], tmp_path: Path) -> None:

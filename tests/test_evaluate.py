@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,9 @@ import torch
 from conftest import SAMPLE_DATA
 from monai.metrics import CalibrationErrorMetric, DiceMetric
 
+from calibkit.cases import choose_activation, to_probabilities
+from calibkit.classes import resolve_classes
+from calibkit.errors import CalibkitError, InputError
 from calibkit.evaluate import EvaluationOptions, evaluate_folders
 from calibkit.io.results import load_bins, save_evaluation
 
@@ -267,3 +271,48 @@ def test_argmax_dice_uses_exclusive_channels() -> None:
         (argmax.per_image.case_id == case_id) & (argmax.per_image["class"] == "WT")
     ]
     assert row["dice"].iloc[0] == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- activation
+
+
+@pytest.mark.parametrize(
+    ("n_channels", "preset", "expected"),
+    [(4, "brats", "softmax"), (3, None, "softmax"), (2, None, "softmax"),
+     (3, "brats", "sigmoid"), (1, None, "sigmoid")],
+)  # fmt: skip
+def test_auto_activation_is_chosen_from_the_channels(
+    n_channels: int, preset: str | None, expected: str
+) -> None:
+    plan = resolve_classes(n_channels, preset=preset)
+    assert choose_activation("auto", plan, "a.nii.gz") == expected
+    assert choose_activation("sigmoid", plan, "a.nii.gz") == "sigmoid"
+
+
+@pytest.mark.parametrize(
+    ("n_channels", "preset", "problem"),
+    [(1, None, "a softmax over one channel is 1 everywhere; a one-channel map is binary: "
+               "use --activation sigmoid (the default for one channel)"),
+     (3, "brats", "a softmax over the 3 region channels (ET, TC, WT)")],
+)  # fmt: skip
+def test_softmax_needs_exclusive_channels(
+    n_channels: int, preset: str | None, problem: str
+) -> None:
+    plan = resolve_classes(n_channels, preset=preset)
+    with pytest.raises(InputError, match=re.escape(problem)) as raised:
+        choose_activation("softmax", plan, "a.nii.gz")
+    assert str(raised.value).startswith("a.nii.gz: ")
+    with pytest.raises(CalibkitError, match="'auto', 'softmax' or 'sigmoid'"):
+        choose_activation("tanh", plan, "a.nii.gz")
+
+
+def test_options_default_to_auto_and_one_channel_logits_to_the_sigmoid() -> None:
+    assert EvaluationOptions().activation == "auto"
+    with pytest.raises(CalibkitError, match="'auto', 'softmax' or 'sigmoid'"):
+        EvaluationOptions(activation="tanh")  # type: ignore[arg-type]
+    z = np.linspace(-8, 8, 2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4)
+    p = to_probabilities(z.copy(), EvaluationOptions(input_kind="logits"), Path("a.nii.gz"))
+    # float32 sigmoid against float64: a few float32 roundings of values <= 1 (< 1e-6).
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-z.astype(np.float64))), rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="one channel is 1 everywhere"):
+        to_probabilities(z, EvaluationOptions(input_kind="logits", activation="softmax"), Path("a"))

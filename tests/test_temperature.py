@@ -386,7 +386,10 @@ def test_save_and_load_round_trip(synthetic_folder: tuple[Path, Path], tmp_path:
         ('{"temperature": [1, 2], "activation": "softmax", "n_channels": 4}', "2 temperatures"),
         ('{"temperature": 1.5, "activation": "relu", "n_channels": 4}', "activation"),
         ('{"temperature": 1.5, "activation": "softmax", "n_channels": 0}', "n_channels"),
-        ('{"temperature": 1.5, "activation": "softmax", "n_channels": 1}', "softmax"),
+        (
+            '{"temperature": 1.5, "activation": "softmax", "n_channels": 1}',
+            "a softmax over one channel is 1 everywhere",
+        ),
     ],
 )
 def test_bad_temperature_files(tmp_path: Path, content: str, fragment: str) -> None:
@@ -395,6 +398,14 @@ def test_bad_temperature_files(tmp_path: Path, content: str, fragment: str) -> N
     with pytest.raises(InputError, match=fragment) as caught:
         load_temperature(path)
     assert str(caught.value).startswith(str(path))
+
+
+def test_a_model_refuses_a_softmax_over_one_channel() -> None:
+    with pytest.raises(ValueError, match="a softmax over one channel is 1 everywhere"):
+        TemperatureModel((1.5,), "softmax", 1)
+    with pytest.raises(ValueError, match="activation"):
+        TemperatureModel((1.5,), "auto", 4)
+    assert TemperatureModel((1.5,), "sigmoid", 1).n_channels == 1
 
 
 def test_missing_temperature_file(tmp_path: Path) -> None:

@@ -38,10 +38,17 @@ class InputKind(str, Enum):
 
 
 class ActivationName(str, Enum):
-    """How logits become probabilities (``--activation``)."""
+    """How logits become probabilities (``--activation``); auto: from the channels."""
 
+    auto = "auto"
     softmax = "softmax"
     sigmoid = "sigmoid"
+
+
+ACTIVATION_HELP = (
+    "auto: softmax for mutually exclusive channels (a softmax map), sigmoid for one "
+    "channel (a binary map) or region maps; softmax over one channel is refused."
+)
 
 
 # Piped output has no terminal width: keep table rows on one line in logs.

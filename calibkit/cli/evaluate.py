@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from calibkit.cli.app import (
+    ACTIVATION_HELP,
     ActivationName,
     InputKind,
     app,
@@ -82,8 +83,11 @@ def evaluate_cli(
         InputKind, typer.Option("--input", help="What the prediction files hold.")
     ] = InputKind.probabilities,
     activation: Annotated[
-        ActivationName, typer.Option(help="Turns logits into probabilities (with --input logits).")
-    ] = ActivationName.softmax,
+        ActivationName,
+        typer.Option(
+            help="Turns logits into probabilities (with --input logits). " + ACTIVATION_HELP
+        ),
+    ] = ActivationName.auto,
     suffix: Annotated[
         Optional[list[str]],
         typer.Option(help="Extra file-name suffix stripped to get case ids (repeatable)."),

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from calibkit.cli.app import (
+    ACTIVATION_HELP,
     ActivationName,
     InputKind,
     app,
@@ -44,12 +45,12 @@ def fit_temperature_cli(
         bool, typer.Option("--per-class", help="One temperature per prediction channel.")
     ] = False,
     activation: Annotated[
-        Optional[ActivationName],
+        ActivationName,
         typer.Option(
             help="softmax: exclusive classes (cross-entropy); sigmoid: per channel (BCE). "
-            "Default: softmax for a softmax map, sigmoid for region maps or one channel."
+            + ACTIVATION_HELP
         ),
-    ] = None,
+    ] = ActivationName.auto,
     input_kind: Annotated[
         InputKind, typer.Option("--input", help="What the prediction files hold.")
     ] = InputKind.probabilities,
@@ -110,7 +111,7 @@ def fit_temperature_cli(
             include_background=include_background,
             preset=preset,
             input_kind=input_kind.value,  # type: ignore[arg-type]
-            activation=(activation.value if activation else "softmax"),  # type: ignore[arg-type]
+            activation=activation.value,  # type: ignore[arg-type]
             ignore_geometry=ignore_geometry,
             allow_missing=allow_missing,
             suffixes=tuple(DEFAULT_CASE_SUFFIXES) + tuple(suffix or ()),
@@ -125,7 +126,7 @@ def fit_temperature_cli(
                 per_class=per_class,
                 max_voxels=max_voxels,
                 seed=seed,
-                activation=activation.value if activation else None,
+                activation=activation.value,
                 progress=advance,
                 on_start=on_start,
             )

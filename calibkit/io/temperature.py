@@ -114,7 +114,11 @@ def load_temperature(path: str | os.PathLike[str]) -> TemperatureModel:
     if isinstance(n_channels, bool) or not isinstance(n_channels, int) or n_channels < 1:
         raise InputError(path, f"n_channels must be a positive integer, got {n_channels!r}")
     if activation == "softmax" and n_channels < 2:
-        raise InputError(path, "a softmax temperature needs n_channels >= 2")
+        raise InputError(
+            path,
+            "a softmax over one channel is 1 everywhere; a one-channel map is binary: "
+            'its temperature needs "activation": "sigmoid"',
+        )
     temperature = _read_temperatures(data["temperature"], n_channels, path)
     classes = data.get("classes", [])
     if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
