@@ -100,8 +100,8 @@ def evaluate_folders(
         CalibkitError: on any bad input, naming the file and the problem.
     """
     options = options or EvaluationOptions()
-    if workers < 1:
-        raise CalibkitError(f"--workers must be at least 1, got {workers}")
+    if executor is None:  # a bad --workers fails before any work
+        executor = executor_for(workers, while_waiting=_import_table_libraries)
     if options.temperature is not None:
         load_temperature(options.temperature)  # a bad file fails before any work
     pred_dir, label_dir = Path(predictions), Path(labels)
@@ -110,8 +110,6 @@ def evaluate_folders(
     )
     if on_start is not None:
         on_start(len(pairing.pairs))
-    if executor is None:
-        executor = executor_for(workers, while_waiting=_import_table_libraries)
     results = run_cases(
         partial(evaluate_case, options=options),
         {pair.case_id: pair for pair in pairing.pairs},

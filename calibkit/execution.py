@@ -123,9 +123,11 @@ class PoolExecutor:
 
 
 def executor_for(workers: int, *, while_waiting: Callable[[], object] | None = None) -> Executor:
-    """The executor for ``--workers N``: this process for 1, a process pool above."""
-    if workers < 1:
-        raise CalibkitError(f"--workers must be at least 1, got {workers}")
+    """The executor for ``--workers N``: this process for 1, a process pool above.
+
+    Raises:
+        CalibkitError: ``workers`` is below 1 (from :class:`PoolExecutor`).
+    """
     if workers == 1:
         return SerialExecutor()
     return PoolExecutor(workers, while_waiting=while_waiting)

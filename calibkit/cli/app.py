@@ -65,8 +65,9 @@ def print_table(table: RenderableType) -> None:
     """
     with stdout.capture() as trial:
         stdout.print(table)
-    if "…" not in trial.get():
-        stdout.print(table)
+    rendered = trial.get()
+    if "…" not in rendered:
+        stdout.file.write(rendered)  # the rendering above, not a second one
         return
     width = stdout.width
     # print() never renders wider than the console's own width: widen it for this table.
