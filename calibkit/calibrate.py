@@ -423,7 +423,7 @@ def _sample_case(
     case = load_case(pair, options)
     setup = _setup(case.plan, options, activation, pair.prediction)
     array, label = case.prediction.array, case.label.array
-    spatial = tuple(int(n) for n in label.shape)
+    spatial = tuple(int(n) for n in array.shape[1:])
     n_voxels = int(np.prod(spatial))
     if budget >= n_voxels:
         index = np.arange(n_voxels)
@@ -446,7 +446,8 @@ def _sample_case(
         )
         probabilities = np.ascontiguousarray(full[channels_at], dtype=np.float32)
         logits = logits_from_probabilities(probabilities, setup.activation)  # type: ignore[arg-type]
-    labels = label[where]
+    # A multi-label ground truth keeps its channel axis: (L, k).
+    labels = label[channels_at] if case.plan.label_channels else label[where]
     return _CaseSample(
         case_id=pair.case_id,
         source=pair.prediction,
@@ -454,7 +455,11 @@ def _sample_case(
         logits=logits,
         probabilities=probabilities,
         labels=labels,
-        targets=_channel_targets(labels, setup.mapping, setup.activation, pair.label),
+        targets=(
+            labels.astype(bool)
+            if case.plan.label_channels
+            else _channel_targets(labels, setup.mapping, setup.activation, pair.label)
+        ),
         sum_gap=float(np.sum(np.abs(probabilities.sum(axis=0) - 1), dtype=np.float64)),
         notes=case.notes,
     )

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from calibkit.binning import BinStats, bin_with_label_map, class_binner, label_map_pass_applies
 from calibkit.classes import (
     ClassPlan,
+    class_label_map,
     class_probability,
     class_target,
     resolve_classes,
@@ -33,7 +34,13 @@ from calibkit.classes import (
 from calibkit.errors import CalibkitError, InputError
 from calibkit.io.pairing import CasePair
 from calibkit.io.temperature import load_temperature
-from calibkit.io.volumes import Volume, check_geometry, read_label, read_prediction
+from calibkit.io.volumes import (
+    Volume,
+    check_geometry,
+    multi_label_channels,
+    read_label,
+    read_prediction,
+)
 from calibkit.metrics import OverlapCounts
 from calibkit.records import CaseResult, EvaluationOptions
 from calibkit.temperature import TemperatureModel, calibrate_logits, calibrate_probabilities
@@ -81,8 +88,16 @@ class LoadedCase:
     notes: tuple[str, ...] = ()
 
 
-def class_plan(n_channels: int, options: EvaluationOptions, path: Path) -> ClassPlan:
+def class_plan(
+    n_channels: int,
+    options: EvaluationOptions,
+    path: Path,
+    label_channels: int | None = None,
+) -> ClassPlan:
     """The evaluated classes of a prediction with ``n_channels`` channels.
+
+    ``label_channels``: the channel count of a multi-label ground truth, or None
+    for a label map.
 
     Raises:
         InputError: the options do not fit the channel count (named after ``path``).
@@ -94,6 +109,8 @@ def class_plan(n_channels: int, options: EvaluationOptions, path: Path) -> Class
             class_names=options.class_names,
             include_background=options.include_background,
             preset=options.preset,
+            regions=options.regions,
+            label_channels=label_channels,
         )
     except CalibkitError as error:
         raise InputError(path, str(error)) from None
@@ -169,13 +186,22 @@ def load_case(pair: CasePair, options: EvaluationOptions) -> LoadedCase:
         if not options.ignore_geometry:
             raise InputError(pair.prediction, geometry_problem)
         notes.append(f"{pair.prediction}: {geometry_problem}")
-    plan = class_plan(prediction.array.shape[0], options, pair.prediction)
+    plan = class_plan(
+        prediction.array.shape[0], options, pair.prediction, multi_label_channels(label.array)
+    )
     unknown = unexpected_labels(label.array, plan)
+    if unknown and plan.label_channels is not None:
+        raise InputError(
+            pair.label,
+            f"a multi-label ground truth holds 0 or 1 in each of its {plan.label_channels} "
+            f"channels, but it holds {', '.join(map(str, unknown[:10]))}",
+        )
     if unknown:
         raise InputError(
             pair.label,
             f"label values {unknown} have no prediction channel or class (known labels: "
-            f"{', '.join(map(str, sorted(plan.known_labels)))}); check --classes or --preset",
+            f"{', '.join(map(str, sorted(plan.known_labels)))}); "
+            "check --classes, --region or --preset",
         )
     return LoadedCase(pair, prediction, label, plan, tuple(notes))
 
@@ -233,7 +259,7 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
         class_names=case.plan.names,
         stats=stats,
         overlap=overlap,
-        n_voxels=int(np.prod(case.label.array.shape)),
+        n_voxels=int(np.prod(case.prediction.array.shape[1:])),
         warnings=tuple(notes),
     )
 
@@ -405,7 +431,7 @@ def _one_pass_case_statistics(
     results = [
         bin_with_label_map(
             class_probability(probabilities, spec),
-            label,
+            class_label_map(label, spec),
             options.n_bins,
             target_labels=spec.labels,
             threshold=options.dice_threshold,

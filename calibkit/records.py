@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from calibkit._version import __version__
 from calibkit.binning import DEFAULT_N_BINS, BinStats, bin_edges
-from calibkit.classes import DICE_MODES, PRESETS
+from calibkit.classes import DICE_MODES, PRESETS, Region
 from calibkit.errors import CalibkitError, InputError
 from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
 from calibkit.metrics import OverlapCounts
@@ -55,7 +55,10 @@ class EvaluationOptions:
         classes: label values to evaluate (None: from the channel count).
         class_names: names of the evaluated classes, in order.
         include_background: evaluate label 0 / channel 0 too.
-        preset: ``"brats"`` for the ET/TC/WT regions.
+        preset: a region preset (``"brats"`` for ET/TC/WT, ``"kits"``; see
+            :data:`calibkit.classes.PRESET_TABLE`).
+        regions: regions to evaluate (``--region NAME=VALUES``, or the regions of an
+            nnU-Net ``dataset.json``); None: classes.
         input_kind: ``"probabilities"`` or ``"logits"``.
         activation: turns logits into probabilities: ``"auto"`` (chosen from the
             channels by :func:`calibkit.cases.choose_activation`: the softmax for
@@ -78,6 +81,7 @@ class EvaluationOptions:
     class_names: tuple[str, ...] | None = None
     include_background: bool = False
     preset: str | None = None
+    regions: tuple[Region, ...] | None = None
     input_kind: InputKind = "probabilities"
     activation: Activation = "auto"
     ignore_geometry: bool = False

@@ -48,7 +48,7 @@ def test_brats_regions() -> None:
     with pytest.raises(CalibkitError, match="brats"):
         resolve_classes(2, preset="brats")
     with pytest.raises(CalibkitError, match="unknown preset"):
-        resolve_classes(4, preset="kits")
+        resolve_classes(4, preset="acdc")
 
 
 def test_class_names() -> None:

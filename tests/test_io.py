@@ -393,8 +393,19 @@ def test_float_labels_with_fractions(tmp_path: Path, bad: float, shown: str) -> 
 def test_label_trailing_singletons_squeezed(tmp_path: Path) -> None:
     labels = np.ones((3, 4, 5, 1), np.uint8)
     assert read_label(_save(tmp_path / "l.nii.gz", labels)).array.shape == (3, 4, 5)
-    with pytest.raises(InputError, match=r"expected a 3-D \(x, y, z\)"):
-        read_label(_save(tmp_path / "m.nii.gz", np.ones((3, 4, 5, 2), np.uint8)))
+    # A fourth axis longer than 1 is a multi-label ground truth, read channel-first.
+    multi = read_label(_save(tmp_path / "m.nii.gz", np.ones((3, 4, 5, 2), np.uint8)))
+    assert multi.array.shape == (2, 3, 4, 5)
+    assert read_label(
+        _save(tmp_path / "v.nii.gz", np.ones((3, 4, 5, 1, 2), np.uint8))
+    ).array.shape == (
+        2,
+        3,
+        4,
+        5,
+    )
+    with pytest.raises(InputError, match=r"expected a 3-D \(x, y, z\) .*multi-label"):
+        read_label(_save(tmp_path / "w.nii.gz", np.ones((3, 4, 5, 2, 2), np.uint8)))
     with pytest.raises(InputError, match="expected a 3-D"):
         read_label(_save(tmp_path / "n.nii.gz", np.ones((3, 4), np.uint8)))
 

@@ -12,12 +12,20 @@ from calibkit.cli.app import (
     InputKind,
     app,
     case_progress,
-    name_list,
     print_table,
     show_progress,
     stderr,
     stdout,
     user_errors,
+)
+from calibkit.cli.class_options import (
+    ClassesFromOption,
+    ClassNamesOption,
+    ClassValuesOption,
+    IncludeBackgroundOption,
+    PresetOption,
+    RegionOption,
+    class_choice,
 )
 from calibkit.formatting import format_mean_std, format_number
 
@@ -65,20 +73,12 @@ def evaluate_cli(
     dice_mode: Annotated[
         DiceMode, typer.Option(help="threshold: per class (paper); argmax: exclusive classes.")
     ] = DiceMode.threshold,
-    classes: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Label values to evaluate, one channel each: a list and ranges, e.g. 1,2,3 "
-            "or 1-117 or 1-10,12,20-25."
-        ),
-    ] = None,
-    class_names: Annotated[
-        Optional[str], typer.Option(help="Names of the classes, e.g. liver,tumour.")
-    ] = None,
-    include_background: Annotated[
-        bool, typer.Option("--include-background", help="Evaluate label 0 / channel 0 too.")
-    ] = False,
-    preset: Annotated[Optional[str], typer.Option(help="brats: regions ET, TC, WT.")] = None,
+    classes: ClassValuesOption = None,
+    class_names: ClassNamesOption = None,
+    region: RegionOption = None,
+    classes_from: ClassesFromOption = None,
+    include_background: IncludeBackgroundOption = False,
+    preset: PresetOption = None,
     input_kind: Annotated[
         InputKind, typer.Option("--input", help="What the prediction files hold.")
     ] = InputKind.probabilities,
@@ -138,7 +138,6 @@ def evaluate_cli(
     """
     with user_errors(debug):
         # Deferred: the library loads when the command runs (a fast calibkit --help).
-        from calibkit.classes import parse_classes
         from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
         from calibkit.plots import save_evaluation_figures
@@ -147,10 +146,14 @@ def evaluate_cli(
             n_bins=n_bins,
             dice_threshold=dice_threshold,
             dice_mode=dice_mode.value,
-            classes=parse_classes(classes) if classes is not None else None,
-            class_names=name_list(class_names),
-            include_background=include_background,
-            preset=preset,
+            **class_choice(
+                classes=classes,
+                class_names=class_names,
+                regions=region,
+                preset=preset,
+                classes_from=classes_from,
+                include_background=include_background,
+            ),
             input_kind=input_kind.value,  # type: ignore[arg-type]
             activation=activation.value,  # type: ignore[arg-type]
             ignore_geometry=ignore_geometry,

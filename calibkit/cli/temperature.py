@@ -11,12 +11,20 @@ from calibkit.cli.app import (
     InputKind,
     app,
     case_progress,
-    name_list,
     print_table,
     show_progress,
     stderr,
     stdout,
     user_errors,
+)
+from calibkit.cli.class_options import (
+    ClassesFromOption,
+    ClassNamesOption,
+    ClassValuesOption,
+    IncludeBackgroundOption,
+    PresetOption,
+    RegionOption,
+    class_choice,
 )
 from calibkit.formatting import format_number
 
@@ -54,20 +62,12 @@ def fit_temperature_cli(
     input_kind: Annotated[
         InputKind, typer.Option("--input", help="What the prediction files hold.")
     ] = InputKind.probabilities,
-    preset: Annotated[Optional[str], typer.Option(help="brats: regions ET, TC, WT.")] = None,
-    classes: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Label values of the classes, one channel each: a list and ranges, e.g. "
-            "1,2,3 or 1-117 or 1-10,12,20-25."
-        ),
-    ] = None,
-    class_names: Annotated[
-        Optional[str], typer.Option(help="Names of the classes, e.g. liver,tumour.")
-    ] = None,
-    include_background: Annotated[
-        bool, typer.Option("--include-background", help="Report ACE of label 0 too.")
-    ] = False,
+    preset: PresetOption = None,
+    classes: ClassValuesOption = None,
+    class_names: ClassNamesOption = None,
+    region: RegionOption = None,
+    classes_from: ClassesFromOption = None,
+    include_background: IncludeBackgroundOption = False,
     n_bins: Annotated[int, typer.Option(help="Bins of the reported ACE.")] = 20,
     max_voxels: Annotated[
         int, typer.Option(help="Voxels sampled in all, spread evenly over the cases.")
@@ -99,17 +99,20 @@ def fit_temperature_cli(
     with user_errors(debug):
         # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.calibrate import fit_temperature_folder
-        from calibkit.classes import parse_classes
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
         from calibkit.io.temperature import check_output_file, save_temperature
         from calibkit.records import EvaluationOptions
 
         options = EvaluationOptions(
             n_bins=n_bins,
-            classes=parse_classes(classes) if classes is not None else None,
-            class_names=name_list(class_names),
-            include_background=include_background,
-            preset=preset,
+            **class_choice(
+                classes=classes,
+                class_names=class_names,
+                regions=region,
+                preset=preset,
+                classes_from=classes_from,
+                include_background=include_background,
+            ),
             input_kind=input_kind.value,  # type: ignore[arg-type]
             activation=activation.value,  # type: ignore[arg-type]
             ignore_geometry=ignore_geometry,

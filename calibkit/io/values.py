@@ -46,9 +46,11 @@ def _check_finite(array: np.ndarray, path: Path) -> tuple[float, float] | None:
 
 
 def _check_label_shape(shape: tuple[int, ...], path: Path) -> None:
-    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+    if len(shape) < 3 or sum(n != 1 for n in shape[3:]) > 1:
         raise InputError(
-            path, f"label map has shape {shape}; expected a 3-D (x, y, z) integer label map"
+            path,
+            f"label map has shape {shape}; expected a 3-D (x, y, z) integer label map, or "
+            "(x, y, z, L) with one binary map per class (multi-label)",
         )
 
 

@@ -4,7 +4,8 @@ Conventions (SPEC §2):
 
 - A prediction is returned channel-first, float32, shape ``(C, x, y, z)``.
 - A label map is returned as integers, shape ``(x, y, z)``: 8- and 16-bit storage as
-  stored, anything else as int16 (int32 when needed).
+  stored, anything else as int16 (int32 when needed). A multi-label ground truth (one
+  binary map per class, overlapping) is returned channel-first, ``(L, x, y, z)``.
 - ``affine`` maps voxel indices to world millimetres in NIfTI's RAS+ convention;
   formats without geometry (nnU-Net ``.npz``) have ``affine=None``.
 
@@ -48,6 +49,7 @@ __all__ = [
     "SITK_SUFFIXES",
     "Volume",
     "check_geometry",
+    "multi_label_channels",
     "read_label",
     "read_prediction",
     "split_suffix",
@@ -120,21 +122,24 @@ def read_prediction(path: Path | str) -> Volume:
 
 
 def read_label(path: Path | str) -> Volume:
-    """Read an integer label map.
+    """Read an integer label map, or a multi-label ground truth.
 
-    Float storage is accepted when every value is an integer. Trailing singleton
-    dimensions (``(x, y, z, 1)``) are dropped.
+    Float storage is accepted when every value is an integer. Singleton dimensions
+    after the third (``(x, y, z, 1)``) are dropped. A fourth axis of length ``L > 1``
+    (``(x, y, z, L)``, or NIfTI's vector layout ``(x, y, z, 1, L)``; a SimpleITK vector
+    image) is a multi-label ground truth: one binary map per class, which may overlap.
 
     Args:
         path: the label file (NIfTI or a SimpleITK format).
 
     Returns:
-        A Volume whose array is ``(x, y, z)``: 8- and 16-bit integers as stored, other
-        storage as int16 (int32 when values need it).
+        A Volume whose array is ``(x, y, z)`` (a multi-label map: channel-first
+        ``(L, x, y, z)``, see :func:`multi_label_channels`): 8- and 16-bit integers as
+        stored, other storage as int16 (int32 when values need it).
 
     Raises:
-        InputError: the file is missing or unreadable, is not 3-D, or holds values
-            that are not integers.
+        InputError: the file is missing or unreadable, has more than one axis after
+            the third, or holds values that are not integers.
     """
     path = Path(path)
     suffix = _check_file(path, LABEL_SUFFIXES)
@@ -149,8 +154,23 @@ def read_label(path: Path | str) -> Volume:
         raw, affine = _read_sitk(path, as_float32=False)
         raw = raw.transpose(2, 1, 0) if raw.ndim == 3 else raw.transpose(2, 1, 0, 3)
         _check_label_shape(tuple(int(n) for n in raw.shape), path)
-    raw = raw[(...,) + (0,) * (raw.ndim - 3)]
+    channels = [n for n in raw.shape[3:] if n != 1]
+    raw = raw.reshape(*raw.shape[:3], *channels)
+    if channels:  # multi-label: channel-first, as predictions are
+        raw = np.moveaxis(raw, 3, 0)
     return Volume(array=_to_label_array(raw, path), affine=affine, path=path)
+
+
+def multi_label_channels(label: np.ndarray) -> int | None:
+    """The channel count of a multi-label ground truth ``(L, x, y, z)``; None for a label map.
+
+    Example:
+        >>> multi_label_channels(np.zeros((3, 4, 4, 2), dtype=np.uint8))
+        3
+        >>> multi_label_channels(np.zeros((4, 4, 2), dtype=np.uint8)) is None
+        True
+    """
+    return int(label.shape[0]) if label.ndim == 4 else None
 
 
 def check_geometry(pred: Volume, label: Volume, tolerance_mm: float = 1e-3) -> str | None:
@@ -158,7 +178,7 @@ def check_geometry(pred: Volume, label: Volume, tolerance_mm: float = 1e-3) -> s
 
     Args:
         pred: prediction, array ``(C, x, y, z)``.
-        label: label map, array ``(x, y, z)``.
+        label: label map, array ``(x, y, z)`` (or a multi-label ``(L, x, y, z)``).
         tolerance_mm: largest accepted absolute difference between affine entries.
 
     Returns:
@@ -169,7 +189,7 @@ def check_geometry(pred: Volume, label: Volume, tolerance_mm: float = 1e-3) -> s
         InputError: the spatial shapes differ (never acceptable).
     """
     spatial = tuple(int(n) for n in pred.array.shape[1:])
-    label_shape = tuple(int(n) for n in label.array.shape)
+    label_shape = tuple(int(n) for n in label.array.shape[-3:])
     if spatial != label_shape:
         hint = _channel_first_hint(pred, label_shape)
         raise InputError(
