@@ -25,6 +25,7 @@ __all__ = [
     "BoolArray",
     "FloatArray",
     "box_slices",
+    "check_size",
     "deformed_ellipsoid",
     "log_sigmoid",
     "nifti_image",
@@ -39,6 +40,18 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
+
+
+def check_size(n_cases: int, shape: tuple[int, ...]) -> None:
+    """Refuse a data set of no case, or with a volume side under 16 voxels.
+
+    Raises:
+        ValueError: naming the argument and its value.
+    """
+    if n_cases < 1:
+        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"shape must be three sides of at least 16 voxels, got {shape}")
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> FloatArray:

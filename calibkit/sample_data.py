@@ -15,6 +15,8 @@ Layout written under ``out``::
     synthetic/{dsc,dsc_ace}/CASE_pred.nii.gz    uint8 probabilities, scl_slope = 1/255
 
 Regenerate the committed copy with ``python -m calibkit.sample_data sample_data``. The
+same command writes the non-BraTS sets of :mod:`calibkit.sample_sets` (an AMOS-style
+abdomen, a KiTS-style kidney set): ``python -m calibkit.sample_data --set abdomen OUT``. The
 committed ``sample_data/predictions/`` are not synthetic: they are the predictions of two
 UNets that calibkit trained on these cases (``benchmarks/replicate.py``, then
 ``calibkit predict``); the synthetic maps stay for tests that need known behaviour.
@@ -38,6 +40,7 @@ from calibkit._synthetic import (
     BoolArray,
     FloatArray,
     box_slices,
+    check_size,
     deformed_ellipsoid,
     log_sigmoid,
     nifti_image,
@@ -48,6 +51,7 @@ from calibkit._synthetic import (
     smooth_field,
 )
 from calibkit._version import __version__
+from calibkit.sample_sets import SET_N_CASES, generate_abdomen_set, generate_kits_set
 
 __all__ = [
     "CASE_PREFIX",
@@ -55,6 +59,7 @@ __all__ = [
     "MODELS",
     "NO_ET_CASE",
     "N_CASES",
+    "SAMPLE_SETS",
     "SAMPLE_SHAPE",
     "case_ids",
     "generate_sample_data",
@@ -313,10 +318,7 @@ def generate_sample_data(
         ...     generate_sample_data(Path(tmp), n_cases=2, shape=(32, 32, 32))
         ['BraTS2021_S000', 'BraTS2021_S001']
     """
-    if n_cases < 1:
-        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
-    if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"shape must be three sides of at least 16 voxels, got {shape}")
+    check_size(n_cases, shape)
     out = Path(out)
     ids = case_ids(n_cases)
     children = np.random.SeedSequence(seed).spawn(n_cases)
@@ -338,21 +340,61 @@ def generate_sample_data(
     return ids
 
 
+# The sets the command line writes: name -> (generator, default number of cases).
+SAMPLE_SETS: dict[str, tuple[Callable[..., list[str]], int]] = {
+    "brats": (generate_sample_data, N_CASES),
+    "abdomen": (generate_abdomen_set, SET_N_CASES),
+    "kits": (generate_kits_set, SET_N_CASES),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m calibkit.sample_data [OUT] [--seed N] [--n-cases N]``."""
+    """Command line: ``python -m calibkit.sample_data [OUT] [--set NAME] [--seed N] [--n-cases N]``.
+
+    ``--set brats`` (the default) writes the BraTS-style sample data, by default into
+    ``sample_data``; ``--set abdomen`` and ``--set kits`` write the sets of
+    :mod:`calibkit.sample_sets` into the folder given.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m calibkit.sample_data",
-        description="Write the synthetic BraTS-style sample data set (images, labels, and the "
-        "probability maps of two synthetic models).",
+        description="Write a seeded synthetic data set: brats (images, labels and the "
+        "probability maps of two synthetic models; the default), abdomen (15 AMOS organs, "
+        "16-channel softmax) or kits (kidney, tumor, cyst; region sigmoids and a softmax).",
     )
     parser.add_argument(
-        "out", nargs="?", type=Path, default=Path("sample_data"), help="output folder"
+        "out",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="output folder (default: sample_data for --set brats; required for the others)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="data_set",
+        choices=tuple(SAMPLE_SETS),
+        default="brats",
+        help="which data set (default brats)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--n-cases", type=int, default=N_CASES, help="number of cases")
+    parser.add_argument(
+        "--n-cases",
+        type=int,
+        default=None,
+        help=f"number of cases (default {N_CASES} for brats, {SET_N_CASES} for the others)",
+    )
     args = parser.parse_args(argv)
-    ids = generate_sample_data(args.out, n_cases=args.n_cases, seed=args.seed)
-    print(f"wrote {len(ids)} cases to {args.out}")
+    generate, default_n_cases = SAMPLE_SETS[args.data_set]
+    out = args.out
+    if out is None:
+        if args.data_set != "brats":
+            parser.error(f"--set {args.data_set} needs an output folder")
+        out = Path("sample_data")
+    n_cases = default_n_cases if args.n_cases is None else args.n_cases
+    try:
+        ids = generate(out, n_cases=n_cases, seed=args.seed)
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    print(f"wrote {len(ids)} cases to {out}")
 
 
 if __name__ == "__main__":
