@@ -15,6 +15,8 @@ Layout written under ``out``::
     synthetic/{dsc,dsc_ace}/CASE_pred.nii.gz    uint8 probabilities, scl_slope = 1/255
 
 Regenerate the committed copy with ``python -m calibkit.sample_data sample_data``. The
+same command writes the non-BraTS sets of :mod:`calibkit.sample_sets` (an AMOS-style
+abdomen, a KiTS-style kidney set): ``python -m calibkit.sample_data --set abdomen OUT``. The
 committed ``sample_data/predictions/`` are not synthetic: they are the predictions of two
 UNets that calibkit trained on these cases (``benchmarks/replicate.py``, then
 ``calibkit predict``); the synthetic maps stay for tests that need known behaviour.
@@ -23,7 +25,6 @@ UNets that calibkit trained on these cases (``benchmarks/replicate.py``, then
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import shutil
 import tempfile
@@ -31,12 +32,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from calibkit._synthetic import (
+    BoolArray,
+    FloatArray,
+    box_slices,
+    check_size,
+    deformed_ellipsoid,
+    log_sigmoid,
+    nifti_image,
+    probability_image,
+    quantise_softmax,
+    save_nifti,
+    signed_distance,
+    smooth_field,
+)
 from calibkit._version import __version__
+from calibkit.sample_sets import SET_N_CASES, generate_abdomen_set, generate_kits_set
 
 __all__ = [
     "CASE_PREFIX",
@@ -44,6 +59,7 @@ __all__ = [
     "MODELS",
     "NO_ET_CASE",
     "N_CASES",
+    "SAMPLE_SETS",
     "SAMPLE_SHAPE",
     "case_ids",
     "generate_sample_data",
@@ -74,9 +90,6 @@ _CONTRAST: dict[str, tuple[float, float, float, float, float]] = {
     "t2": (175.0, 260.0, 525.0, 625.0, 410.0),
     "flair": (125.0, 235.0, 550.0, 260.0, 400.0),
 }
-
-FloatArray = NDArray[np.float64]
-BoolArray = NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -138,41 +151,6 @@ def case_ids(n_cases: int = N_CASES) -> list[str]:
     return [f"{CASE_PREFIX}{i:03d}" for i in range(n_cases)]
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> FloatArray:
-    """Return a zero-mean, unit-std random field smoothed with a Gaussian of ``sigma`` voxels."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap", truncate=3.0)
-    field -= field.mean()
-    return np.asarray(field / field.std(), dtype=np.float64)
-
-
-def _deformed_ellipsoid(
-    coords: FloatArray,
-    centre: FloatArray,
-    radii: FloatArray,
-    deformation: FloatArray,
-    amplitude: float,
-) -> BoolArray:
-    """Return the voxels of an ellipsoid whose radius is modulated by a smooth field."""
-    offsets = (coords - centre[:, None, None, None]) / radii[:, None, None, None]
-    rho = np.sqrt(np.sum(offsets**2, axis=0))
-    return np.asarray(rho <= 1.0 + amplitude * deformation)
-
-
-def _signed_distance(mask: BoolArray) -> FloatArray:
-    """Return the distance to the mask border in voxels: positive inside, ±0.5 at the border."""
-    inside = ndimage.distance_transform_edt(mask)
-    outside = ndimage.distance_transform_edt(~mask)
-    return np.asarray(np.where(mask, inside - 0.5, 0.5 - outside), dtype=np.float64)
-
-
-def _box(lo: FloatArray, hi: FloatArray, shape: tuple[int, int, int]) -> tuple[slice, ...]:
-    """Return the slices of the box ``[lo, hi]`` (voxel coordinates), clipped to ``shape``."""
-    return tuple(
-        slice(max(int(np.floor(a)), 0), min(int(np.ceil(b)) + 1, n))
-        for a, b, n in zip(lo, hi, shape, strict=True)
-    )
-
-
 def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], no_et: bool) -> _Case:
     """Draw one case: head, tumour, modalities and the models' error fields."""
     size = np.asarray(shape, dtype=np.float64)
@@ -182,9 +160,9 @@ def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], no_et: boo
     # Head: a slightly irregular ellipsoid; brain inside a 3-voxel skull-ish rim.
     head_centre = size / 2.0 - 0.5 + rng.uniform(-1.5, 1.5, 3) * scale
     head_radii = size * np.array([0.40, 0.45, 0.38]) * rng.uniform(0.95, 1.05, 3)
-    head_shape = _smooth_field(rng, shape, 6.0 * scale)
-    head = _deformed_ellipsoid(coords, head_centre, head_radii, head_shape, 0.03)
-    brain = _deformed_ellipsoid(coords, head_centre, head_radii - 3.0 * scale, head_shape, 0.03)
+    head_shape = smooth_field(rng, shape, 6.0 * scale)
+    head = deformed_ellipsoid(coords, head_centre, head_radii, head_shape, 0.03)
+    brain = deformed_ellipsoid(coords, head_centre, head_radii - 3.0 * scale, head_shape, 0.03)
 
     # Tumour: nested irregular regions WT ⊃ TC ⊃ NCR, ET = TC \ NCR (an enhancing rim).
     # Tumour fields live in a box around it (the radius modulation is bounded by ±3 std).
@@ -194,33 +172,33 @@ def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], no_et: boo
     direction *= rng.uniform(0.0, 1.0) ** (1.0 / 3.0) / np.linalg.norm(direction)
     centre = head_centre + direction * room
     reach = 1.6 * wt_radii
-    near = _box(centre - reach, centre + reach, shape)
+    near = box_slices(centre - reach, centre + reach, shape)
     near_shape = tuple(s.stop - s.start for s in near)
-    wt_shape = np.clip(_smooth_field(rng, near_shape, 4.0 * scale), -3.0, 3.0)
+    wt_shape = np.clip(smooth_field(rng, near_shape, 4.0 * scale), -3.0, 3.0)
     wt = np.zeros(shape, dtype=bool)
-    wt[near] = ndimage.binary_erosion(brain, iterations=2)[near] & _deformed_ellipsoid(
+    wt[near] = ndimage.binary_erosion(brain, iterations=2)[near] & deformed_ellipsoid(
         coords[(slice(None), *near)], centre, wt_radii, wt_shape, 0.18
     )
     wt[tuple(np.clip(np.rint(centre).astype(int), 0, size.astype(int) - 1))] = True  # never empty
     # The models' box: the tumour plus a margin beyond which both models say background.
     extent = np.argwhere(wt)
     # The margin is in voxels, not scaled: the border errors are in voxels too.
-    box = _box(extent.min(axis=0) - _MODEL_MARGIN, extent.max(axis=0) + _MODEL_MARGIN, shape)
+    box = box_slices(extent.min(axis=0) - _MODEL_MARGIN, extent.max(axis=0) + _MODEL_MARGIN, shape)
     box_shape = tuple(s.stop - s.start for s in box)
     box_coords = coords[(slice(None), *box)]
     wt_box = wt[box]
 
     tc_radii = wt_radii * rng.uniform(0.55, 0.75)
     tc_centre = centre + rng.uniform(-0.15, 0.15, 3) * wt_radii
-    tc_box = ndimage.binary_erosion(wt_box, iterations=2) & _deformed_ellipsoid(
-        box_coords, tc_centre, tc_radii, _smooth_field(rng, box_shape, 3.0 * scale), 0.15
+    tc_box = ndimage.binary_erosion(wt_box, iterations=2) & deformed_ellipsoid(
+        box_coords, tc_centre, tc_radii, smooth_field(rng, box_shape, 3.0 * scale), 0.15
     )
-    rim_shape = _smooth_field(rng, box_shape, 3.0 * scale)
+    rim_shape = smooth_field(rng, box_shape, 3.0 * scale)
     if no_et:
         ncr_box = tc_box
     else:
         ncr_radii = tc_radii * rng.uniform(0.5, 0.7)
-        ncr_box = ndimage.binary_erosion(tc_box, iterations=1) & _deformed_ellipsoid(
+        ncr_box = ndimage.binary_erosion(tc_box, iterations=1) & deformed_ellipsoid(
             box_coords, tc_centre, ncr_radii, rim_shape, 0.25
         )
     labels = np.zeros(shape, dtype=np.uint8)
@@ -228,9 +206,9 @@ def _make_case(rng: np.random.Generator, shape: tuple[int, int, int], no_et: boo
 
     images = _make_images(rng, shape, scale, head, brain, labels)
 
-    distances = (_signed_distance(wt_box), _signed_distance(tc_box), _signed_distance(ncr_box))
+    distances = (signed_distance(wt_box), signed_distance(tc_box), signed_distance(ncr_box))
     bias = rng.normal(0.0, _ERROR_BIAS_STD, 3)
-    fields = [_smooth_field(rng, box_shape, 3.0 * scale) for _ in range(3)]
+    fields = [smooth_field(rng, box_shape, 3.0 * scale) for _ in range(3)]
     rho = _ERROR_TC_NCR_CORRELATION
     fields[2] = rho * fields[1] + np.sqrt(1.0 - rho**2) * fields[2]
     errors = [std * f + b for std, f, b in zip(_ERROR_STD, fields, bias, strict=True)]
@@ -250,7 +228,7 @@ def _make_images(
     labels: NDArray[np.uint8],
 ) -> dict[str, NDArray[np.int16]]:
     """Return MR-like int16 modalities: tissue contrasts, texture, bias field and noise."""
-    texture = np.tanh(_smooth_field(rng, shape, 2.5 * scale))
+    texture = np.tanh(smooth_field(rng, shape, 2.5 * scale))
     tissue = np.zeros(shape, dtype=np.int8)  # 0 air, 1 rim, 2 brain, 3 ED, 4 NCR, 5 ET
     tissue[head] = 1
     tissue[brain] = 2
@@ -281,11 +259,6 @@ def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> FloatA
     return np.asarray(np.exp(log_field), dtype=np.float64)
 
 
-def _log_sigmoid(x: FloatArray) -> FloatArray:
-    """Return ``log(sigmoid(x))`` without overflow."""
-    return np.asarray(-np.logaddexp(0.0, -x), dtype=np.float64)
-
-
 def _predict(case: _Case, logit_scale: float) -> NDArray[np.uint8]:
     """Return a model's softmax (x, y, z, 4) over BG, NCR, ED, ET as uint8 in 1/255 steps.
 
@@ -297,67 +270,24 @@ def _predict(case: _Case, logit_scale: float) -> NDArray[np.uint8]:
     a_wt, a_tc, a_ncr = (
         logit_scale * (d + e) for d, e in zip(case.distances, case.errors, strict=True)
     )
-    in_wt, in_tc = _log_sigmoid(a_wt), _log_sigmoid(a_tc)
+    in_wt, in_tc = log_sigmoid(a_wt), log_sigmoid(a_tc)
     logits = np.stack(
         [
-            _log_sigmoid(-a_wt),
-            in_wt + in_tc + _log_sigmoid(a_ncr),
-            in_wt + _log_sigmoid(-a_tc),
-            in_wt + in_tc + _log_sigmoid(-a_ncr),
+            log_sigmoid(-a_wt),
+            in_wt + in_tc + log_sigmoid(a_ncr),
+            in_wt + log_sigmoid(-a_tc),
+            in_wt + in_tc + log_sigmoid(-a_ncr),
         ],
         axis=-1,
     )
     logits -= logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=-1, keepdims=True)
-    quantised = np.rint(probs * 255.0).astype(np.int16)
-    # Put the rounding residue on the most likely class so every voxel sums to exactly 255.
-    residue = 255 - quantised.sum(axis=-1)
-    top = np.argmax(quantised, axis=-1)[..., None]
-    np.put_along_axis(
-        quantised, top, np.take_along_axis(quantised, top, axis=-1) + residue[..., None], axis=-1
-    )
+    quantised = quantise_softmax(probs)
     probs_full = np.zeros((*case.labels.shape, 4), dtype=np.uint8)
     probs_full[..., 0] = 255
     probs_full[case.box] = quantised
     return probs_full
-
-
-def _save(image: nib.Nifti1Image, path: Path) -> None:
-    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mtime=0 and a fixed level make the gzip bytes depend on the data only.
-    payload = gzip.compress(image.to_bytes(), compresslevel=9, mtime=0)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _nifti(data: NDArray[np.generic], affine: FloatArray, description: str) -> nib.Nifti1Image:
-    """Return a NIfTI image with both qform and sform set to ``affine`` (scanner, mm)."""
-    image = nib.Nifti1Image(data, affine)
-    header = image.header
-    header.set_data_dtype(data.dtype)
-    header.set_qform(affine, code=1)
-    header.set_sform(affine, code=1)
-    header.set_xyzt_units("mm", "sec")
-    header["descrip"] = description.encode()[:79]
-    return image
-
-
-def _probability_image(probs: NDArray[np.uint8], affine: FloatArray, model: str) -> nib.Nifti1Image:
-    """Return a 4-D probability image stored as uint8 with ``scl_slope = 1/255``."""
-    image = _nifti(probs, affine, f"calibkit sample: {model} softmax probabilities BG,NCR,ED,ET")
-    image.header.set_intent("estimate", name="probabilities")
-    # Set after construction: nibabel writes the uint8 values as they are when slope/inter are set.
-    image.header.set_slope_inter(1.0 / 255.0, 0.0)
-    return image
 
 
 def generate_sample_data(
@@ -388,10 +318,7 @@ def generate_sample_data(
         ...     generate_sample_data(Path(tmp), n_cases=2, shape=(32, 32, 32))
         ['BraTS2021_S000', 'BraTS2021_S001']
     """
-    if n_cases < 1:
-        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
-    if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"shape must be three sides of at least 16 voxels, got {shape}")
+    check_size(n_cases, shape)
     out = Path(out)
     ids = case_ids(n_cases)
     children = np.random.SeedSequence(seed).spawn(n_cases)
@@ -399,32 +326,75 @@ def generate_sample_data(
         case = _make_case(np.random.default_rng(child), shape, no_et=index == NO_ET_CASE)
         case_dir = out / "brats" / case_id
         for modality, data in case.images.items():
-            image = _nifti(data, case.affine, f"calibkit synthetic {modality}")
-            _save(image, case_dir / f"{case_id}_{modality}.nii.gz")
-        seg = _nifti(case.labels, case.affine, "calibkit synthetic labels 0 BG,1 NCR,2 ED,4 ET")
+            image = nifti_image(data, case.affine, f"calibkit synthetic {modality}")
+            save_nifti(image, case_dir / f"{case_id}_{modality}.nii.gz")
+        seg = nifti_image(
+            case.labels, case.affine, "calibkit synthetic labels 0 BG,1 NCR,2 ED,4 ET"
+        )
         seg.header.set_intent("label")
-        _save(seg, case_dir / f"{case_id}_seg.nii.gz")
+        save_nifti(seg, case_dir / f"{case_id}_seg.nii.gz")
         for model, logit_scale in MODELS.items():
-            image = _probability_image(_predict(case, logit_scale), case.affine, model)
-            _save(image, out / "synthetic" / model / f"{case_id}_pred.nii.gz")
+            description = f"calibkit sample: {model} softmax probabilities BG,NCR,ED,ET"
+            image = probability_image(_predict(case, logit_scale), case.affine, description)
+            save_nifti(image, out / "synthetic" / model / f"{case_id}_pred.nii.gz")
     return ids
 
 
+# The sets the command line writes: name -> (generator, default number of cases).
+SAMPLE_SETS: dict[str, tuple[Callable[..., list[str]], int]] = {
+    "brats": (generate_sample_data, N_CASES),
+    "abdomen": (generate_abdomen_set, SET_N_CASES),
+    "kits": (generate_kits_set, SET_N_CASES),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m calibkit.sample_data [OUT] [--seed N] [--n-cases N]``."""
+    """Command line: ``python -m calibkit.sample_data [OUT] [--set NAME] [--seed N] [--n-cases N]``.
+
+    ``--set brats`` (the default) writes the BraTS-style sample data, by default into
+    ``sample_data``; ``--set abdomen`` and ``--set kits`` write the sets of
+    :mod:`calibkit.sample_sets` into the folder given.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m calibkit.sample_data",
-        description="Write the synthetic BraTS-style sample data set (images, labels, and the "
-        "probability maps of two synthetic models).",
+        description="Write a seeded synthetic data set: brats (images, labels and the "
+        "probability maps of two synthetic models; the default), abdomen (15 AMOS organs, "
+        "16-channel softmax) or kits (kidney, tumor, cyst; region sigmoids and a softmax).",
     )
     parser.add_argument(
-        "out", nargs="?", type=Path, default=Path("sample_data"), help="output folder"
+        "out",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="output folder (default: sample_data for --set brats; required for the others)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="data_set",
+        choices=tuple(SAMPLE_SETS),
+        default="brats",
+        help="which data set (default brats)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--n-cases", type=int, default=N_CASES, help="number of cases")
+    parser.add_argument(
+        "--n-cases",
+        type=int,
+        default=None,
+        help=f"number of cases (default {N_CASES} for brats, {SET_N_CASES} for the others)",
+    )
     args = parser.parse_args(argv)
-    ids = generate_sample_data(args.out, n_cases=args.n_cases, seed=args.seed)
-    print(f"wrote {len(ids)} cases to {args.out}")
+    generate, default_n_cases = SAMPLE_SETS[args.data_set]
+    out = args.out
+    if out is None:
+        if args.data_set != "brats":
+            parser.error(f"--set {args.data_set} needs an output folder")
+        out = Path("sample_data")
+    n_cases = default_n_cases if args.n_cases is None else args.n_cases
+    try:
+        ids = generate(out, n_cases=n_cases, seed=args.seed)
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    print(f"wrote {len(ids)} cases to {out}")
 
 
 if __name__ == "__main__":
