@@ -121,6 +121,16 @@ def evaluate_cli(
     plot_worst: Annotated[
         int, typer.Option(help="With --plots: diagrams of this many worst-calibrated cases.")
     ] = 3,
+    plot_columns: Annotated[
+        int, typer.Option(help="With --plots: class panels per row; more wrap.")
+    ] = 4,
+    plot_max_classes: Annotated[
+        int,
+        typer.Option(
+            help="With --plots: the histogram's most classes, the worst-calibrated; the "
+            "worst cases' diagrams share as many panels (12 over 3 cases: 4 each); 0: all."
+        ),
+    ] = 12,
     temperature: Annotated[
         Optional[Path],
         typer.Option(help="Apply a fitted temperature (t.json from fit-temperature) first."),
@@ -140,7 +150,7 @@ def evaluate_cli(
         # Deferred: the library loads when the command runs (a fast calibkit --help).
         from calibkit.evaluate import EvaluationOptions, evaluate_to_folder
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
-        from calibkit.plots import save_evaluation_figures
+        from calibkit.plots import check_columns, check_max_classes, save_evaluation_figures
 
         options = EvaluationOptions(
             n_bins=n_bins,
@@ -165,10 +175,19 @@ def evaluate_cli(
             temperature=str(temperature) if temperature is not None else None,
         )
 
+        # Checked before any case is read, not after the evaluation when figures are drawn.
+        check_columns(plot_columns)
+        check_max_classes(plot_max_classes)
+
         def figures(staging: Path) -> list[Path]:
             """The histogram and the worst cases' diagrams, staged with the tables."""
             return save_evaluation_figures(
-                staging, staging, n_worst=plot_worst, label=out.resolve().name
+                staging,
+                staging,
+                n_worst=plot_worst,
+                label=out.resolve().name,
+                columns=plot_columns,
+                max_classes=plot_max_classes,
             )
 
         with case_progress(show_progress(quiet)) as (on_start, advance):

@@ -49,12 +49,19 @@ def _class_indices(
     for name in classes:
         if name not in available:
             raise InputError(
-                folder, f"no class {name!r} in these results; classes here: {', '.join(available)}"
+                folder, f"no class {name!r} in these results; classes here: {_listed(available)}"
             )
         indices.append(list(available).index(name))
     if not indices:
         raise InputError(folder, "no class selected")
     return indices
+
+
+def _listed(names: Sequence[str], shown: int = 20) -> str:
+    """``names`` joined by commas; past ``shown``, the first ones and how many in all."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])}, ... ({len(names)} in all)"
 
 
 def _check_same_bins(folders: Sequence[Path], n_bins: Sequence[int]) -> None:

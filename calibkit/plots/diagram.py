@@ -25,7 +25,23 @@ from calibkit.plots._folders import (
     _class_indices,
     _labels,
 )
-from calibkit.plots.style import PANEL_WIDTH, STYLE, _axes_grid, _new_figure, _row_label
+from calibkit.plots._selection import (
+    DEFAULT_COLUMNS,
+    MAX_CLASSES,
+    choose_classes,
+    class_note,
+    panel_rows,
+    worst_over_runs,
+)
+from calibkit.plots.style import (
+    NOTE_HEIGHT,
+    PANEL_WIDTH,
+    STYLE,
+    _axes_grid,
+    _new_figure,
+    _panel_axes,
+    _row_label,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,13 +71,18 @@ def _format_value(value: float) -> str:
 
 
 class ReliabilityDiagramDisplay:
-    """Image reliability diagrams (paper Fig. 1): one panel per class, one row per run.
+    """Image reliability diagrams (paper Fig. 1): one panel per class, a row of them per run.
 
     In each panel a bar at every non-empty confidence bin spans the gap from the
     mean predicted probability ``pbar_k`` to the observed frequency ``ybar_k``
     (black tick), with the diagonal of perfect calibration and the image's ACE,
     ECE and MCE. Beneath, the voxels per bin (log scale when the counts span
-    more than 100×; one scale for every count panel).
+    more than 100×; one scale for every count panel). Panels wrap into rows of
+    ``columns``; each run then has a row in every row of panels.
+
+    The constructor draws every class it is given; ``from_bin_stats`` and
+    ``from_evaluation`` keep at most ``max_classes`` (12) of them, the worst by the
+    image's ACE, and ``class_note`` says so in the figure's title.
 
     Args:
         stats: bins of one image, shape ``(classes, M)``, or ``(runs, classes, M)``.
@@ -70,11 +91,14 @@ class ReliabilityDiagramDisplay:
         case_id: shown as the figure title.
         gt_empty: ``(runs, classes)`` True where the class is absent from the ground
             truth (noted in the panel title).
+        class_note: a line under the title saying which classes are drawn, e.g.
+            ``"12 of 110 classes, the worst by ACE"``.
 
     Attributes:
         errors: :class:`~calibkit.metrics.CalibrationErrors` of shape ``(runs, classes)``.
         figure_: the figure, once plotted.
-        axes_: ``(2 * runs, classes)`` axes: diagram rows alternate with count rows.
+        axes_: ``(2 * runs, classes)`` axes: diagram rows alternate with count rows
+            (``[2 * r, c]`` is run ``r``'s diagram of class ``c``, wherever it is placed).
         bars_: ``(runs, classes)`` gap bars, one patch per non-empty bin in bin order.
         observed_: ``(runs, classes)`` line collections marking ``ybar_k``.
         count_bars_: ``(runs, classes)`` voxel-count bars, one patch per bin.
@@ -89,6 +113,7 @@ class ReliabilityDiagramDisplay:
         run_labels: Sequence[str] | None = None,
         case_id: str | None = None,
         gt_empty: npt.ArrayLike | None = None,
+        class_note: str | None = None,
     ) -> None:
         if stats.count.ndim == 2:
             stats = stats[None]
@@ -107,6 +132,7 @@ class ReliabilityDiagramDisplay:
             else np.asarray(gt_empty, dtype=bool).reshape(n_runs, n_classes)
         )
         self.errors = calibration_errors(stats)
+        self.class_note = class_note
 
     @classmethod
     def from_bin_stats(
@@ -116,8 +142,19 @@ class ReliabilityDiagramDisplay:
         class_names: Sequence[str] | None = None,
         run_labels: Sequence[str] | None = None,
         case_id: str | None = None,
+        gt_empty: npt.ArrayLike | None = None,
+        max_classes: int = MAX_CLASSES,
     ) -> ReliabilityDiagramDisplay:
         """Display of ``(classes, M)`` (or ``(runs, classes, M)``) bin statistics.
+
+        Args:
+            stats: bins of one image, shape ``(classes, M)``, or ``(runs, classes, M)``.
+            class_names: names of the classes (default ``class 0`` ...).
+            run_labels: names of the runs, shown left of each row when there are several.
+            case_id: shown as the figure title.
+            gt_empty: ``(runs, classes)`` True where the class is absent from the ground truth.
+            max_classes: with more classes than this, draw only this many, the worst
+                by the image's ACE (the largest over runs), worst first; 0 draws all.
 
         Example:
             >>> from calibkit.binning import bin_statistics
@@ -126,7 +163,26 @@ class ReliabilityDiagramDisplay:
             >>> round(float(display.errors.ace[0, 0]), 3)
             0.2
         """
-        return cls(stats, class_names=class_names, run_labels=run_labels, case_id=case_id)
+        if stats.count.ndim == 2:
+            stats = stats[None]
+        n_runs, n_classes = stats.shape
+        names = list(class_names or [f"class {c}" for c in range(n_classes)])
+        if len(names) != n_classes:
+            raise ValueError("one class name per class")
+        empty = (
+            np.zeros((n_runs, n_classes), dtype=bool)
+            if gt_empty is None
+            else np.asarray(gt_empty, dtype=bool).reshape(n_runs, n_classes)
+        )
+        chosen = choose_classes(worst_over_runs(calibration_errors(stats).ace), max_classes)
+        return cls(
+            stats[:, chosen],
+            class_names=[names[c] for c in chosen],
+            run_labels=run_labels,
+            case_id=case_id,
+            gt_empty=empty[:, chosen],
+            class_note=class_note(len(chosen), n_classes, "ACE", n_runs),
+        )
 
     @classmethod
     def from_evaluation(
@@ -136,14 +192,19 @@ class ReliabilityDiagramDisplay:
         *,
         classes: Sequence[str] | None = None,
         labels: Sequence[str] | None = None,
+        max_classes: int = MAX_CLASSES,
     ) -> ReliabilityDiagramDisplay:
         """Display of one case from one or several ``calibkit evaluate`` folders (``bins.npz``).
 
         Args:
             result_dirs: a result folder, or several (one row each).
             case_id: the case to draw.
-            classes: class names to draw, in this order (default: all).
+            classes: class names to draw, in this order, all of them (default: the
+                first folder's classes, capped by ``max_classes``).
             labels: one name per folder (default: the folder names).
+            max_classes: without ``classes``, draw at most this many classes, the
+                worst by the case's ACE (the largest over folders), worst first; 0
+                draws every class.
 
         Raises:
             InputError: a folder holds no results, or lacks the case or a class.
@@ -153,24 +214,30 @@ class ReliabilityDiagramDisplay:
         rows, empty, n_bins, names = [], [], [], None
         for folder in dirs:
             saved = load_bins(folder)
-            index = _class_indices(folder, saved.class_names, classes)
+            # Every folder is read by the first folder's class names, so that rows align.
+            index = _class_indices(folder, saved.class_names, names or classes)
             case = _case_index(folder, saved.case_ids, case_id)
             rows.append(saved.stats[case][index])
             empty.append(saved.overlap.truth[case][index] == 0)
             n_bins.append(saved.stats.n_bins)
             names = names or [saved.class_names[i] for i in index]
         _check_same_bins(dirs, n_bins)
-        display = cls(
+        return cls.from_bin_stats(
             BinStats.stack(rows),
             class_names=names,
             run_labels=run_labels if len(dirs) > 1 else None,
             case_id=case_id,
             gt_empty=np.stack(empty),
+            max_classes=0 if classes is not None else max_classes,
         )
-        return display
 
     def plot(
-        self, axes: Any = None, *, show_counts: bool = True, legend: bool = True
+        self,
+        axes: Any = None,
+        *,
+        show_counts: bool = True,
+        legend: bool = True,
+        columns: int = DEFAULT_COLUMNS,
     ) -> ReliabilityDiagramDisplay:
         """Draw the diagrams.
 
@@ -179,6 +246,7 @@ class ReliabilityDiagramDisplay:
                 into; a new figure when None.
             show_counts: draw the voxel-count histogram under each diagram.
             legend: add a figure legend below the panels.
+            columns: class panels per row of a new figure; more wrap to further rows.
 
         Returns:
             The display itself, with the drawn artists set.
@@ -189,18 +257,21 @@ class ReliabilityDiagramDisplay:
         rows_per_run = 2 if show_counts else 1
         with matplotlib.rc_context(STYLE):
             if axes is None:
-                height = n_runs * (PANEL_WIDTH * 0.82 + (0.85 if show_counts else 0.0)) + 0.75
-                figure = _new_figure(PANEL_WIDTH * n_classes + 0.3, height)
-                ratios = [1.0, 0.3][:rows_per_run] * n_runs
-                grid = figure.subplots(
-                    rows_per_run * n_runs,
+                block_rows, columns = panel_rows(n_classes, columns)
+                block = n_runs * (PANEL_WIDTH * 0.82 + (0.85 if show_counts else 0.0))
+                height = block_rows * block + 0.75 + (NOTE_HEIGHT if self.class_note else 0.0)
+                figure = _new_figure(PANEL_WIDTH * columns + 0.3, height)
+                grid = _panel_axes(
+                    figure,
                     n_classes,
-                    squeeze=False,
-                    gridspec_kw={"height_ratios": ratios},
+                    columns,
+                    rows_per_run * n_runs,
+                    height_ratios=[1.0, 0.3][:rows_per_run] * n_runs,
                 )
             else:
                 grid = _axes_grid(axes, (rows_per_run * n_runs, n_classes), "the diagram")
                 figure = grid[0, 0].figure
+                columns = n_classes
             self.figure_ = figure
             self.axes_ = grid
             self.bars_ = np.empty((n_runs, n_classes), dtype=object)
@@ -215,7 +286,7 @@ class ReliabilityDiagramDisplay:
                     if show_counts and axes is None:
                         ax.sharex(grid[r * rows_per_run + 1, c])
                     self._draw_diagram(ax, r, c)
-                    if c == 0:
+                    if c % columns == 0:
                         ax.set_ylabel("Observed frequency")
                         if self.run_labels[r]:
                             _row_label(ax, self.run_labels[r])
@@ -225,15 +296,16 @@ class ReliabilityDiagramDisplay:
                         count_axes.append(count_ax)
                         if axes is None:
                             ax.tick_params(labelbottom=False)
-                        if c == 0:
+                        if c % columns == 0:
                             count_ax.set_ylabel("Voxels")
                     bottom = grid[r * rows_per_run + rows_per_run - 1, c]
                     bottom.set_xlabel("Confidence" if r == n_runs - 1 else "")
             for count_ax in count_axes:
                 # One scale for every count panel, so that runs and classes compare.
                 _count_limits(count_ax, self.stats.count, log_counts)
-            if self.case_id and axes is None:
-                figure.suptitle(self.case_id)
+            title = [line for line in (self.case_id, self.class_note) if line]
+            if title and axes is None:
+                figure.suptitle("\n".join(title))
             if legend:
                 self.legend_ = figure.legend(
                     handles=self._legend_handles(),

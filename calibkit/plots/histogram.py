@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from calibkit.binning import BinStats, assign_bins, bin_edges
 from calibkit.io.results import load_bins
+from calibkit.metrics import calibration_errors, macro_summary
 from calibkit.plots._folders import (
     ResultDirs,
     _as_dirs,
@@ -21,7 +22,23 @@ from calibkit.plots._folders import (
     _class_indices,
     _labels,
 )
-from calibkit.plots.style import STYLE, _axes_grid, _new_figure, _row_label
+from calibkit.plots._selection import (
+    DEFAULT_COLUMNS,
+    MAX_CLASSES,
+    check_max_classes,
+    choose_classes,
+    class_note,
+    panel_rows,
+    worst_over_runs,
+)
+from calibkit.plots.style import (
+    NOTE_HEIGHT,
+    STYLE,
+    _axes_grid,
+    _new_figure,
+    _panel_axes,
+    _row_label,
+)
 
 __all__ = ["ReliabilityHistogramDisplay", "column_normalised", "dataset_reliability_matrix"]
 
@@ -87,20 +104,27 @@ def column_normalised(matrix: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 class ReliabilityHistogramDisplay:
-    """Dataset reliability histograms (paper Fig. 2): one panel per class, one row per run.
+    """Dataset reliability histograms (paper Fig. 2): one panel per class, a row of them per run.
 
     Each panel shows :func:`dataset_reliability_matrix` with its columns normalised
     (:func:`column_normalised`): column ``b`` is the distribution over images of the
     observed frequency in confidence bin ``b``. A calibrated model puts its mass on
     the diagonal. Colours use a power-law norm (gamma 0.35) on YlOrRd, from 0 to 1
     in every panel, with one colour bar; high observed frequency is at the top.
-    Columns without any image are left blank.
+    Columns without any image are left blank. Panels wrap into rows of ``columns``;
+    each run then has a row in every row of panels.
+
+    The constructor draws every class it is given; ``from_bin_stats`` and
+    ``from_evaluation`` keep at most ``max_classes`` (12) of them, the worst by mean
+    ACE over the images, and ``class_note`` says so in the figure's title.
 
     Args:
         counts: count matrices ``(classes, M, M)`` or ``(runs, classes, M, M)``.
         class_names: names of the classes.
         run_labels: names of the runs, shown left of each row.
         n_images: ``(runs,)`` images per run (information only).
+        class_note: a title line saying which classes are drawn, e.g.
+            ``"12 of 110 classes, the worst by mean ACE over cases"``.
 
     Attributes:
         figure_: the figure, once plotted.
@@ -117,6 +141,7 @@ class ReliabilityHistogramDisplay:
         class_names: Sequence[str] | None = None,
         run_labels: Sequence[str] | None = None,
         n_images: Sequence[int] | None = None,
+        class_note: str | None = None,
     ) -> None:
         matrices = np.asarray(counts)
         if matrices.ndim == 3:
@@ -130,6 +155,7 @@ class ReliabilityHistogramDisplay:
         if len(self.class_names) != n_classes or len(self.run_labels) != n_runs:
             raise ValueError("one class name per class and one run label per run")
         self.n_images = tuple(n_images) if n_images is not None else None
+        self.class_note = class_note
 
     @classmethod
     def from_bin_stats(
@@ -138,8 +164,16 @@ class ReliabilityHistogramDisplay:
         *,
         class_names: Sequence[str] | None = None,
         run_labels: Sequence[str] | None = None,
+        max_classes: int = MAX_CLASSES,
     ) -> ReliabilityHistogramDisplay:
         """Display of ``(images, classes, M)`` statistics, or a sequence of them (one per run).
+
+        Args:
+            stats: one run's statistics, or one per run (same classes and bins).
+            class_names: names of the classes (default ``class 0`` ...).
+            run_labels: names of the runs, shown left of each row.
+            max_classes: with more classes than this, draw only this many, the worst
+                by mean ACE over images (the largest over runs), worst first; 0 draws all.
 
         Example:
             >>> stats = BinStats(np.ones((4, 1, 3), int), np.ones((4, 1, 3)), np.zeros((4, 1, 3)))
@@ -150,14 +184,22 @@ class ReliabilityHistogramDisplay:
         runs = [stats] if isinstance(stats, BinStats) else list(stats)
         if len({run.n_bins for run in runs}) != 1 or len({run.shape[1:] for run in runs}) != 1:
             raise ValueError("every run needs the same classes and number of bins")
-        counts = np.stack(
-            [[dataset_reliability_matrix(run[:, c]) for c in range(run.shape[1])] for run in runs]
-        )
+        n_classes = runs[0].shape[1]
+        names = list(class_names or [f"class {c}" for c in range(n_classes)])
+        if len(names) != n_classes:
+            raise ValueError("one class name per class")
+        chosen = list(range(n_classes))
+        if 0 < check_max_classes(max_classes) < n_classes:
+            # Mean over images as in summary.csv; a class is bad when any run is.
+            mean_ace = [macro_summary(calibration_errors(run).ace).mean for run in runs]
+            chosen = choose_classes(worst_over_runs(mean_ace), max_classes)
+        counts = np.stack([[dataset_reliability_matrix(run[:, c]) for c in chosen] for run in runs])
         return cls(
             counts,
-            class_names=class_names,
+            class_names=[names[c] for c in chosen],
             run_labels=run_labels,
             n_images=[run.shape[0] for run in runs],
+            class_note=class_note(len(chosen), n_classes, "mean ACE over cases", len(runs)),
         )
 
     @classmethod
@@ -167,8 +209,18 @@ class ReliabilityHistogramDisplay:
         *,
         classes: Sequence[str] | None = None,
         labels: Sequence[str] | None = None,
+        max_classes: int = MAX_CLASSES,
     ) -> ReliabilityHistogramDisplay:
         """Display of one or several ``calibkit evaluate`` folders (one row each).
+
+        Args:
+            result_dirs: a result folder, or several (one row each).
+            classes: class names to draw, in this order, all of them (default: the
+                first folder's classes, capped by ``max_classes``).
+            labels: one name per folder (default: the folder names).
+            max_classes: without ``classes``, draw at most this many classes, the
+                worst by mean ACE over cases (the largest over folders), worst first;
+                0 draws every class.
 
         Raises:
             InputError: a folder holds no results or lacks a class; runs differ in bins.
@@ -178,11 +230,17 @@ class ReliabilityHistogramDisplay:
         runs, names = [], None
         for folder in dirs:
             saved = load_bins(folder)
-            index = _class_indices(folder, saved.class_names, classes)
+            # Every folder is read by the first folder's class names, so that rows align.
+            index = _class_indices(folder, saved.class_names, names or classes)
             runs.append(saved.stats[:, index])
             names = names or [saved.class_names[i] for i in index]
         _check_same_bins(dirs, [run.n_bins for run in runs])
-        return cls.from_bin_stats(runs, class_names=names, run_labels=run_labels)
+        return cls.from_bin_stats(
+            runs,
+            class_names=names,
+            run_labels=run_labels,
+            max_classes=0 if classes is not None else max_classes,
+        )
 
     def plot(
         self,
@@ -191,6 +249,7 @@ class ReliabilityHistogramDisplay:
         gamma: float = POWER_NORM_GAMMA,
         cmap: str = HISTOGRAM_CMAP,
         colorbar: bool = True,
+        columns: int = DEFAULT_COLUMNS,
     ) -> ReliabilityHistogramDisplay:
         """Draw the histograms.
 
@@ -199,6 +258,7 @@ class ReliabilityHistogramDisplay:
             gamma: exponent of the power-law colour norm.
             cmap: matplotlib colour map name.
             colorbar: add one colour bar for all panels.
+            columns: class panels per row of a new figure; more wrap to further rows.
 
         Returns:
             The display itself, with the drawn artists set.
@@ -207,14 +267,21 @@ class ReliabilityHistogramDisplay:
         from matplotlib.colors import PowerNorm
 
         n_runs, n_classes, n_bins = self.counts.shape[:3]
+        block_rows = 1
         with matplotlib.rc_context(STYLE):
             if axes is None:
-                width = 2.45 * n_classes + 1.15
-                figure = _new_figure(width, 2.3 * n_runs + 0.45)
-                grid = figure.subplots(n_runs, n_classes, squeeze=False, sharex=True, sharey=True)
+                block_rows, columns = panel_rows(n_classes, columns)
+                note = NOTE_HEIGHT if self.class_note else 0.0
+                figure = _new_figure(2.45 * columns + 1.15, 2.3 * n_runs * block_rows + 0.45 + note)
+                grid = _panel_axes(figure, n_classes, columns, n_runs, share=True)
+                for r in range(n_runs):
+                    for c in range(n_classes):
+                        # Tick labels at the bottom of each row of panels and on the left.
+                        _hide_inner_tick_labels(grid[r, c], r < n_runs - 1, c % columns > 0)
             else:
                 grid = _axes_grid(axes, (n_runs, n_classes), "the histogram")
                 figure = grid[0, 0].figure
+                columns = n_classes
             self.figure_ = figure
             self.axes_ = grid
             self.matrix_ = column_normalised(self.counts)
@@ -244,7 +311,7 @@ class ReliabilityHistogramDisplay:
                         ax.set_title(self.class_names[c])
                     if r == n_runs - 1:
                         ax.set_xlabel("Confidence")
-                    if c == 0:
+                    if c % columns == 0:
                         ax.set_ylabel("Observed frequency")
                         label = self.run_labels[r]
                         if label:
@@ -254,11 +321,23 @@ class ReliabilityHistogramDisplay:
                     self.meshes_[0, 0],
                     ax=list(grid.ravel()),
                     fraction=0.05,
-                    aspect=18 * n_runs,
+                    aspect=18 * n_runs * block_rows,
                     pad=0.03,
                 )
                 self.colorbar_.set_ticks([0, 0.01, 0.05, 0.2, 0.5, 1])
                 self.colorbar_.set_ticklabels(["0", "0.01", "0.05", "0.2", "0.5", "1"])
                 self.colorbar_.set_label("Fraction of images per confidence bin")
                 self.colorbar_.outline.set_linewidth(0.5)  # type: ignore[operator]
+            if self.class_note and axes is None:
+                figure.suptitle(self.class_note)
         return self
+
+
+def _hide_inner_tick_labels(ax: Any, inner_x: bool, inner_y: bool) -> None:
+    """What ``Figure.subplots(sharex=True, sharey=True)`` does to an inner panel."""
+    if inner_x:
+        ax.xaxis.set_tick_params(which="both", labelbottom=False)
+        ax.xaxis.offsetText.set_visible(False)
+    if inner_y:
+        ax.yaxis.set_tick_params(which="both", labelleft=False)
+        ax.yaxis.offsetText.set_visible(False)

@@ -19,6 +19,7 @@ from calibkit.errors import CalibkitError
 from calibkit.io.results import load_per_image
 from calibkit.metrics import OverlapCounts, calibration_errors, per_image_mean
 from calibkit.plots._folders import ResultDirs, _as_dirs, _class_indices, _labels
+from calibkit.plots._selection import worst_first
 from calibkit.plots.style import (
     OKABE_ITO,
     PANEL_WIDTH,
@@ -46,8 +47,7 @@ def worst_calibrated_cases(per_image: pd.DataFrame, n: int, *, metric: str = "ac
     Cases whose value is NaN come last; ties keep the table's case order.
     """
     cases, values = _per_case_values(per_image, metric, MEAN_CLASS)
-    order = np.argsort(np.where(np.isnan(values), -np.inf, -values), kind="stable")
-    return [cases[i] for i in order[: max(int(n), 0)]]
+    return [cases[i] for i in worst_first(values)[: max(int(n), 0)]]
 
 
 def _per_case_values(

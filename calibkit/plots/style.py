@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from calibkit.errors import OutputError
 from calibkit.io.atomic import atomic_write_bytes, write_error
+from calibkit.plots._selection import panel_rows
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,6 +34,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
 PNG_DPI = 200
 PANEL_WIDTH = 3.0  # inches per panel column: two columns fit a 7-inch page width
+NOTE_HEIGHT = 0.2  # inches for a title line that says which classes a figure draws
 # Okabe & Ito (2008): distinguishable with every common colour-vision deficiency.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#56B4E9", "#CC79A7", "#000000")
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -147,6 +149,51 @@ def _close(figure: Figure) -> None:
         import matplotlib.pyplot as plt
 
         plt.close(figure)
+
+
+def _panel_axes(
+    figure: Figure,
+    n_panels: int,
+    columns: int,
+    rows_per_panel: int,
+    *,
+    height_ratios: list[float] | None = None,
+    share: bool = False,
+) -> npt.NDArray[np.object_]:
+    """Axes for ``n_panels`` panels that wrap after ``columns`` per row.
+
+    A panel is a stack of ``rows_per_panel`` axes (a row per run, or a diagram above
+    its counts). Slots past the last panel stay empty.
+
+    Args:
+        figure: the figure to add the axes to.
+        n_panels: how many panels (classes).
+        columns: panels per row, at most.
+        rows_per_panel: axes stacked in each panel.
+        height_ratios: relative heights of the axes in a panel's stack.
+        share: every axes shares x and y with the first.
+
+    Returns:
+        ``(rows_per_panel, n_panels)`` axes: ``[k, p]`` is axes ``k`` of panel ``p``,
+        wherever the panel sits.
+    """
+    block_rows, used = panel_rows(n_panels, columns)
+    grid = figure.add_gridspec(
+        block_rows * rows_per_panel,
+        used,
+        height_ratios=None if height_ratios is None else list(height_ratios) * block_rows,
+    )
+    axes = np.empty((rows_per_panel, n_panels), dtype=object)
+    # Added row by row across the figure, as Figure.subplots does, so that a figure
+    # of one row is the same, to the byte, as before panels wrapped.
+    for row in range(block_rows * rows_per_panel):
+        block, k = divmod(row, rows_per_panel)
+        for column in range(used):
+            panel = block * used + column
+            if panel < n_panels:
+                first = axes[0, 0] if share else None
+                axes[k, panel] = figure.add_subplot(grid[row, column], sharex=first, sharey=first)
+    return axes
 
 
 def _axes_grid(axes: Any, shape: tuple[int, int], what: str) -> npt.NDArray[np.object_]:
