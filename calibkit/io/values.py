@@ -1,4 +1,5 @@
-"""What a volume's values must be: finite probabilities; integer labels on a 3-D grid."""
+"""What a volume's values must be: finite probabilities; integer labels on a 3-D grid
+(a 2-D image is one slice)."""
 
 from __future__ import annotations
 
@@ -46,9 +47,12 @@ def _check_finite(array: np.ndarray, path: Path) -> tuple[float, float] | None:
 
 
 def _check_label_shape(shape: tuple[int, ...], path: Path) -> None:
-    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+    """Accept ``(x, y, z)`` with trailing singletons, or a 2-D ``(x, y)`` image."""
+    if len(shape) < 2 or any(n != 1 for n in shape[3:]):
         raise InputError(
-            path, f"label map has shape {shape}; expected a 3-D (x, y, z) integer label map"
+            path,
+            f"label map has shape {shape}; expected a 3-D (x, y, z) or 2-D (x, y) integer "
+            "label map",
         )
 
 
