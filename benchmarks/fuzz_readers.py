@@ -1,4 +1,4 @@
-"""Fuzz the readers: thousands of mutated NIfTI / .npz / .mha files through the CLI.
+"""Fuzz the readers: thousands of mutated NIfTI / .npz / .mha / .png files through the CLI.
 
 Run: ``python benchmarks/fuzz_readers.py [--count 600] [--fit-count 150] [--jobs 2]``;
 ``--count 1600 --fit-count 400`` (8000 trials) took about 6 minutes on 2 shared cores.
