@@ -596,3 +596,32 @@ def test_apply_temperature_never_writes_colour_or_several_channels_to_png(tmp_pa
     with pytest.raises(InputError, match="PNG cannot store float32"):
         write_prediction(target, np.full((1, *SHAPE, 1), 0.5), storage="float32")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("a.png", np.uint8), ("b.png", np.uint16), ("c.tif", np.uint8), ("d.tiff", np.uint16)],
+)
+def test_png_and_tiff_outputs_keep_bit_depth_and_spacing(
+    name: str, dtype: type[np.unsignedinteger], tmp_path: Path
+) -> None:
+    from calibkit.io import write_prediction
+    from calibkit.io.writing import rewrite_storage, rewrite_suffix
+
+    reference = tmp_path / f"ref_{name}"
+    image = sitk.GetImageFromArray(np.zeros(SHAPE[::-1], dtype))
+    image.SetSpacing((0.3, 0.6))
+    sitk.WriteImage(image, str(reference))
+    storage = rewrite_storage(reference)
+    assert storage == np.dtype(dtype).name and rewrite_suffix(reference) == reference.suffix
+    p = np.random.default_rng(3).random((1, *SHAPE, 1)).astype(np.float32)
+    write_prediction(tmp_path / name, p, reference, storage=storage)
+    written = read_prediction(tmp_path / name)
+    # Codes rint(p * (2**bits - 1)), read back as code / (2**bits - 1).
+    full_scale = np.float32(np.iinfo(dtype).max)
+    np.testing.assert_array_equal(written.array, np.rint(p * full_scale) / full_scale)
+    assert sitk.ReadImage(str(tmp_path / name)).GetPixelID() == image.GetPixelID()
+    # TIFF keeps the spacing as pixels per cm, which SimpleITK reads as float32: each of
+    # the two files' 0.6 mm is off by at most half an ulp of float32, 0.6 * 2**-24.
+    tolerance = 2 * 0.6 * 2.0**-24
+    np.testing.assert_allclose(written.affine, read_prediction(reference).affine, atol=tolerance)
