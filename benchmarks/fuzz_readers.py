@@ -1,4 +1,4 @@
-"""Fuzz the readers: thousands of mutated NIfTI / .npz / .mha files through the CLI.
+"""Fuzz the readers: thousands of mutated NIfTI / .npz / .mha / .png files through the CLI.
 
 Run: ``python benchmarks/fuzz_readers.py [--count 600] [--fit-count 150] [--jobs 2]``;
 ``--count 1600 --fit-count 400`` (8000 trials) took about 6 minutes on 2 shared cores.
@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--limit", type=float, default=10.0, help="seconds allowed per run")
     parser.add_argument("--subprocess", type=int, default=12, help="real CLI processes")
+    parser.add_argument("--formats", nargs="+", help="only these formats (default: all)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> str:
     tasks = [
         {"fmt": fmt, "seed": seed, "command": command}
         for command, count in (("evaluate", args.count), ("fit-temperature", args.fit_count))
-        for fmt in FORMATS
+        for fmt in args.formats or FORMATS
         for seed in range(count)
     ]
     started = time.perf_counter()

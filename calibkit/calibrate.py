@@ -42,11 +42,11 @@ from calibkit.classes import ClassPlan, class_probability, class_target
 from calibkit.errors import CalibkitError, InputError, OutputError, WriteError
 from calibkit.execution import Executor, run_cases
 from calibkit.io.atomic import unwritable_reason, write_error
-from calibkit.io.formats import NIFTI_SUFFIXES, split_suffix
+from calibkit.io.formats import split_suffix
 from calibkit.io.pairing import CasePair, find_predictions, pair_cases
 from calibkit.io.temperature import FORMAT_VERSION, TEMPERATURE_FORMAT, load_temperature
 from calibkit.io.volumes import read_prediction
-from calibkit.io.writing import write_prediction
+from calibkit.io.writing import rewrite_storage, rewrite_suffix, write_prediction
 from calibkit.metrics import calibration_errors, per_image_mean
 from calibkit.records import ACTIVATION_CHOICES, EvaluationOptions
 from calibkit.temperature import (
@@ -621,7 +621,7 @@ def _apply_to_case(
         source,
         unscaled_integers=volume.unscaled_integers,
     )
-    storage = _storage_of(source)
+    storage = rewrite_storage(source)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -651,7 +651,8 @@ def _plan_outputs(
                 "it; use calibkit evaluate --temperature to apply the temperature on the fly",
             )
         relative = source.parent.relative_to(pred_dir)
-        name = source.name if suffix in NIFTI_SUFFIXES else f"{stem}.nii.gz"
+        written = rewrite_suffix(source)
+        name = source.name if written == suffix else f"{stem}{written}"
         targets[case_id] = out / relative / name
     present = sorted(str(path) for path in targets.values() if path.exists())
     if present and not overwrite:
@@ -668,21 +669,6 @@ def _plan_outputs(
     if reason is not None:
         raise OutputError(f"{out}: cannot write here ({reason} on {out})")
     return targets
-
-
-def _storage_of(path: Path) -> str:
-    """``uint8`` / ``uint16`` for scaled-integer NIfTI maps, else ``float32``."""
-    if split_suffix(path)[1] not in NIFTI_SUFFIXES:
-        return "float32"
-    import nibabel as nib
-
-    image: Any = nib.load(path)
-    dtype = np.dtype(image.get_data_dtype())
-    if dtype == np.uint8:
-        return "uint8"
-    if dtype.kind in "iu":
-        return "uint16"
-    return "float32"
 
 
 def _json_float(value: float) -> float | None:

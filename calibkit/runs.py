@@ -221,7 +221,18 @@ def _load_paper(folder: Path, name: str) -> Run:
 
 
 # calibkit.io.formats.PREDICTION_SUFFIXES, repeated so that reading CSVs needs no nibabel.
-_VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd", ".npz")
+_VOLUME_SUFFIXES = (
+    ".nii.gz",
+    ".nrrd",
+    ".nhdr",
+    ".nii",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".tiff",
+    ".tif",
+    ".npz",
+)
 
 
 def _case_id(filename: object) -> str:

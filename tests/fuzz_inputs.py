@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-FORMATS = ("nii", "nii.gz", "npz", "mha")
+FORMATS = ("nii", "nii.gz", "npz", "mha", "png")
 SHAPE = (5, 6, 7)  # (x, y, z)
+PLANE = (9, 7)  # (x, y) of the 2-D PNG data set: one-channel 8-bit codes k (k / 255)
 CHANNELS = 3
 CASES = ("case0", "case1")
 # The oracle refuses to decode more than this (the data sets are a few kB).
@@ -112,6 +113,13 @@ def write_valid(root: Path, fmt: str, seed: int) -> dict[str, Path]:
             label_path = labels / f"{case}.nii.gz"
             np.savez_compressed(pred_path, probabilities=probs.transpose(3, 2, 1, 0))
             nib.save(nib.Nifti1Image(label, AFFINE), label_path)
+        elif fmt == "png":
+            pred_path = preds / f"{case}_pred.png"
+            label_path = labels / f"{case}_seg.png"
+            codes = rng.integers(0, 256, PLANE).astype(np.uint8)
+            mask = (rng.random(PLANE) * 255 < codes).astype(np.uint8)
+            sitk.WriteImage(sitk.GetImageFromArray(codes.T.copy()), str(pred_path))
+            sitk.WriteImage(sitk.GetImageFromArray(mask.T.copy()), str(label_path))
         elif fmt == "mha":
             pred_path = preds / f"{case}_pred.mha"
             label_path = labels / f"{case}_seg.mha"
@@ -433,12 +441,63 @@ def mutate_mha(raw: bytes, rnd: random.Random) -> tuple[str, bytes]:
     return op, header.encode("latin1") + data
 
 
+def _png_chunk(name: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + name + data + struct.pack(">I", zlib.crc32(name + data))
+
+
+# IHDR fields (offset in the file, struct format) and the values tried.
+PNG_FIELDS: dict[str, tuple[int, str, tuple[int, ...]]] = {
+    "width": (16, ">I", (0, 1, 2, 100_000, 2**31 - 1, 2**32 - 1)),
+    "height": (20, ">I", (0, 1, 6, 100_000, 2**31 - 1)),
+    "bit_depth": (24, ">B", (1, 2, 3, 4, 16, 255)),
+    "colour_type": (25, ">B", (1, 2, 3, 4, 6, 7)),
+    "compression": (26, ">B", (1, 255)),
+    "filter": (27, ">B", (1,)),
+    "interlace": (28, ">B", (1, 2)),
+}
+
+
+def mutate_png(raw: bytes, rnd: random.Random) -> tuple[str, bytes]:
+    """Byte flips, cuts, IHDR fields (with a valid CRC or not) and added chunks."""
+    op = rnd.choice(["flip-header", "flip-data", "truncate", "field", "field", "bomb", "chunk"])
+    if op == "truncate":
+        return op, raw[: rnd.randrange(1, len(raw))]
+    if op == "flip-header":
+        return op, _flip(raw, 0, 33, rnd, rnd.randint(1, 3))
+    if op == "flip-data":
+        return op, _flip(raw, 33, len(raw), rnd, rnd.randint(1, 8))
+    if op == "chunk":  # ancillary chunks that change what a pixel means, before IDAT
+        name, data = rnd.choice(
+            [
+                (b"tRNS", b"\x00\x00"),  # gray 0 transparent
+                (b"PLTE", bytes(range(9))),  # a palette in a gray image
+                (b"pHYs", struct.pack(">IIB", 3937, 3937, 1)),  # 0.254 mm pixels
+                (b"sBIT", b"\x04"),
+                (b"zzZZ", b"critical? no: lower-case first letter"),
+            ]
+        )
+        return f"{op}:{name.decode()}", raw[:33] + _png_chunk(name, data) + raw[33:]
+    buffer = bytearray(raw)
+    names = ["width", "height"] if op == "bomb" else [rnd.choice(list(PNG_FIELDS))]
+    for name in names:
+        offset, fmt, values = PNG_FIELDS[name]
+        value = 100_000 if op == "bomb" else rnd.choice(values)
+        struct.pack_into(fmt, buffer, offset, value)
+        op += f":{name}={value}"
+    if rnd.random() < 0.7:  # a valid CRC, so that readers look further than the checksum
+        struct.pack_into(">I", buffer, 29, zlib.crc32(bytes(buffer[12:29])))
+        op += ":crc"
+    return op, bytes(buffer)
+
+
 def mutate(path: Path, fmt: str, rnd: random.Random) -> str:
     """Spoil ``path`` in place with one seeded mutation; return its description."""
     raw = path.read_bytes()
     name = path.name
     if name.endswith(".npz"):
         op, spoiled = mutate_npz(raw, rnd)
+    elif name.endswith(".png"):
+        op, spoiled = mutate_png(raw, rnd)
     elif name.endswith(".mha"):
         op, spoiled = mutate_mha(raw, rnd)
     else:
@@ -502,15 +561,98 @@ def _nifti_claim_ok(path: Path) -> None:
         raise Undecodable(f"claims {claimed} bytes")
 
 
-def decode(path: Path) -> np.ndarray:
+def decode_png(path: Path, prediction: bool) -> np.ndarray:
+    """Pillow's reading of a PNG, ``(x, y)``: a prediction's codes ``k`` as float32
+    ``k / (2**bits - 1)``, a label's values as stored (a palette's indices).
+
+    Raises:
+        Undecodable: Pillow fails, or the PNG is not one value per pixel (colour,
+            alpha, a transparent colour, a palette for a prediction).
+    """
+    from PIL import Image
+
+    raw = path.read_bytes()
+    try:
+        width, height, bits, colour, method, filtering, interlace = struct.unpack(
+            ">IIBBBBB", raw[16:29]
+        )
+        if width * height * 2 > ORACLE_LIMIT:
+            raise Undecodable(f"claims {width} x {height} pixels")
+        # What the PNG specification allows (Pillow is lenient where libpng is not).
+        depths = {0: (1, 2, 4, 8, 16), 3: (1, 2, 4, 8)}.get(colour, (8, 16))
+        if not (0 < width < 2**31 and 0 < height < 2**31) or bits not in depths:
+            raise Undecodable(f"IHDR {width} x {height}, {bits} bits, colour {colour}")
+        if method != 0 or filtering != 0 or interlace > 1:
+            raise Undecodable(f"IHDR methods {method}, {filtering}, {interlace}")
+        if colour == 3 and b"PLTE" not in raw[: max(0, raw.find(b"IDAT"))]:
+            raise Undecodable("a palette image without a palette before its data")
+        if not raw.endswith(b"\0\0\0\0IEND\xaeB`\x82"):
+            raise Undecodable("no complete IEND chunk at the end")
+        samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+        if _png_image_data(raw) < _png_data_needed(width, height, bits * samples, interlace):
+            raise Undecodable("the image data are shorter than the image")
+        significant = raw.find(b"sBIT", 0, max(0, raw.find(b"IDAT")))
+        if colour == 0 and significant > 0 and raw[significant + 4] < bits:
+            raise Undecodable("sBIT: libpng shifts the values, Pillow does not")
+        with Image.open(path) as image:
+            image.verify()  # every chunk's CRC, and the end of the file
+        with Image.open(path) as image:
+            image.load()
+            values = np.asarray(image)
+            transparent = "transparency" in image.info
+    except Undecodable:
+        raise
+    except Exception as error:  # the oracle's verdict: any failure is "undecodable"
+        raise Undecodable(repr(error)) from error
+    if transparent or colour not in (0, 3) or (colour == 3 and prediction):
+        raise Undecodable(f"colour type {colour}, transparency {transparent}")
+    codes = values.astype(np.int64).T
+    if colour == 0 and bits in (2, 4):  # Pillow, like libpng, scales them up to 8 bits
+        codes //= 255 // (2**bits - 1)
+    if not prediction:
+        return codes
+    return codes.astype(np.float32) / np.float32(2 ** min(bits, 16) - 1)
+
+
+def _png_image_data(raw: bytes) -> int:
+    """Length of the inflated IDAT stream (at most ORACLE_LIMIT + 1)."""
+    data, position = b"", 8
+    while position + 8 <= len(raw):
+        length, name = struct.unpack(">I4s", raw[position : position + 8])
+        if name == b"IDAT":
+            data += raw[position + 8 : position + 8 + length]
+        position += 12 + length
+    try:
+        return len(zlib.decompressobj().decompress(data, ORACLE_LIMIT + 1))
+    except zlib.error as error:
+        raise Undecodable(f"image data: {error}") from error
+
+
+def _png_data_needed(width: int, height: int, pixel_bits: int, interlace: int) -> int:
+    """Bytes of filtered scanlines a PNG's image needs (Adam7 passes when interlaced)."""
+    passes = [(0, 0, 1, 1)]
+    if interlace:
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4)]
+        passes += [(0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    needed = 0
+    for x0, y0, dx, dy in passes:
+        columns, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if columns > 0 and rows > 0:
+            needed += rows * (1 + (columns * pixel_bits + 7) // 8)
+    return needed
+
+
+def decode(path: Path, prediction: bool = True) -> np.ndarray:
     """The array an independent reader gets: NIfTI ``(x, y, z[, ...])`` float64 via
     nibabel's ``get_fdata``; ``.npz`` ``probabilities`` transposed to ``(x, y, z, C)``;
-    SimpleITK images to ``(x, y, z[, C])``.
+    SimpleITK images to ``(x, y, z[, C])``; PNG as :func:`decode_png` reads it.
 
     Raises:
         Undecodable: the reader fails, or the file claims implausibly much data.
     """
     name = path.name
+    if name.endswith(".png"):
+        return decode_png(path, prediction)
     logging.getLogger("nibabel.global").disabled = True  # its header "fixes" are noise here
     try:
         if name.endswith((".nii", ".nii.gz")):
@@ -578,7 +720,9 @@ def decode(path: Path) -> np.ndarray:
         if printed:  # MetaIO prints "Uncompress failed" and returns uninitialised memory
             raise Undecodable(" ".join(printed))
         array = sitk.GetArrayFromImage(image)
-        if image.GetDimension() != 3:
+        if image.GetDimension() == 2:  # one slice: (y, x[, C]) -> (x, y, 1[, C])
+            array = array[np.newaxis]
+        elif image.GetDimension() != 3:
             raise Undecodable(f"{image.GetDimension()}-D")
         return array.transpose(2, 1, 0, 3) if array.ndim == 4 else array.transpose(2, 1, 0)
     except Undecodable:
@@ -608,7 +752,7 @@ def write_clean_copy(paths: dict[str, Path], root: Path) -> tuple[Path, Path]:
     labels.mkdir()
     for i, case in enumerate(CASES):
         pred = decode(paths[f"pred{i}"])
-        label = decode(paths[f"label{i}"])
+        label = decode(paths[f"label{i}"], prediction=False)
         if pred.dtype.kind not in "biuf" or label.dtype.kind not in "biuf":
             raise Undecodable("not numbers")
         if not np.all(np.isfinite(pred)):

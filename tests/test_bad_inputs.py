@@ -189,7 +189,11 @@ SCENARIOS: dict[str, tuple[Callable[[Path, Path], list[str]], str, str]] = {
     "truncated .nii.gz": (truncated, "case1_pred.nii.gz", "truncated or corrupt"),
     "text file named .nii.gz": (not_an_image, "case1_pred.nii.gz", "cannot be read"),
     "0-byte file": (zero_bytes, "case1_pred.nii.gz", "empty"),
-    "2-D prediction": (two_dimensional, "case1_pred.nii.gz", "2-D"),
+    "2-D prediction with a 3-D label": (
+        two_dimensional,
+        "case1_pred.nii.gz",
+        "this map is a 2-D image but the label has 8 slices",
+    ),
     "channels vs --classes": (wrong_channels, "case0_pred.nii.gz", "channel"),
     "shape mismatch": (shape_mismatch, "case1_pred.nii.gz", "shape"),
     "affine mismatch": (affine_mismatch, "case1_pred.nii.gz", "--ignore-geometry"),

@@ -105,11 +105,17 @@ def test_read_5d_with_time_axis_is_rejected(tmp_path: Path, rng: np.random.Gener
         read_prediction(path)
 
 
-@pytest.mark.parametrize("shape", [(4, 5), (2, 2, 2, 1, 2, 2)])
+@pytest.mark.parametrize("shape", [(4,), (2, 2, 2, 1, 2, 2)])
 def test_read_wrong_dimensionality(tmp_path: Path, shape: tuple[int, ...]) -> None:
     path = _save(tmp_path / "p.nii.gz", np.zeros(shape, np.float32))
-    with pytest.raises(InputError, match=rf"{len(shape)}-D image.*expected \(x, y, z\)"):
+    with pytest.raises(InputError, match=rf"{len(shape)}-D image.*expected \(x, y\), \(x, y, z\)"):
         read_prediction(path)
+
+
+def test_read_2d_nifti_is_one_slice(tmp_path: Path) -> None:
+    data = np.arange(20, dtype=np.float32).reshape(4, 5) / 20
+    volume = read_prediction(_save(tmp_path / "p.nii.gz", data))
+    np.testing.assert_array_equal(volume.array, data[np.newaxis, :, :, np.newaxis])
 
 
 @pytest.mark.parametrize(
@@ -348,9 +354,9 @@ def test_gzipped_text_file(tmp_path: Path) -> None:
 def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="file not found"):
         read_prediction(tmp_path / "absent.nii.gz")
-    (tmp_path / "p.png").write_bytes(b"x")
-    with pytest.raises(InputError, match=r"unsupported file type '\.png'"):
-        read_prediction(tmp_path / "p.png")
+    (tmp_path / "p.jpg").write_bytes(b"x")  # lossy JPEG: never a probability map
+    with pytest.raises(InputError, match=r"unsupported file type '\.jpg'"):
+        read_prediction(tmp_path / "p.jpg")
     (tmp_path / "l.npz").write_bytes(b"x")
     with pytest.raises(InputError, match=r"unsupported file type '\.npz'"):
         read_label(tmp_path / "l.npz")
@@ -406,8 +412,14 @@ def test_label_trailing_singletons_squeezed(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match=r"expected a 3-D \(x, y, z\) .*multi-label"):
         read_label(_save(tmp_path / "w.nii.gz", np.ones((3, 4, 5, 2, 2), np.uint8)))
+    # A 2-D label map is one slice.
+    assert read_label(_save(tmp_path / "n.nii.gz", np.ones((3, 4), np.uint8))).array.shape == (
+        3,
+        4,
+        1,
+    )
     with pytest.raises(InputError, match="expected a 3-D"):
-        read_label(_save(tmp_path / "n.nii.gz", np.ones((3, 4), np.uint8)))
+        read_label(_save(tmp_path / "o.nii.gz", np.ones((3,), np.uint8)))
 
 
 # --------------------------------------------------------------------------- geometry

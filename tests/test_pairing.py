@@ -39,6 +39,9 @@ def _ids(pairs: tuple[CasePair, ...]) -> list[str]:
         ("CASE_001_pred.nii", "CASE_001"),
         ("CASE_001_probabilities.npz", "CASE_001"),
         ("CASE_001_probs.mha", "CASE_001"),
+        ("case_0001_seg.png", "case_0001"),
+        ("case_0001.TIFF", "case_0001"),
+        ("case_0001_pred.tif", "case_0001"),
         ("CASE_001_0000.nii.gz", "CASE_001"),
         ("CASE_001_0000_seg.nii.gz", "CASE_001_0000"),  # one suffix only
         ("BraTS-GLI-00000-000-seg.nii.gz", "BraTS-GLI-00000-000"),
@@ -207,7 +210,7 @@ def test_predictions_inside_label_folder(tmp_path: Path) -> None:
 
 def test_hidden_files_and_unknown_suffixes_skipped(tmp_path: Path) -> None:
     labels, preds = tmp_path / "labels", tmp_path / "preds"
-    _touch(labels, "a.nii.gz", ".b.nii.gz", ".cache/c.nii.gz", "notes.txt", "d.png")
+    _touch(labels, "a.nii.gz", ".b.nii.gz", ".cache/c.nii.gz", "notes.txt", "d.jpg")
     _touch(preds, "a.nii.gz", ".a.1234.tmp.nii.gz", ".hidden/e.nii.gz")
     pairing = pair_cases(preds, labels)
     assert _ids(pairing.pairs) == ["a"]

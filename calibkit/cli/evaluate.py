@@ -59,7 +59,8 @@ def evaluate_cli(
     predictions: Annotated[
         Path,
         typer.Argument(
-            help="Folder of probability maps (.nii.gz, .nii, .mha, .nrrd, nnU-Net .npz)."
+            help="Folder of probability maps (.nii.gz, .nii, .mha, .nrrd, 2-D .png / .tif, "
+            "nnU-Net .npz)."
         ),
     ],
     labels: Annotated[

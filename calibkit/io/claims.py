@@ -22,12 +22,17 @@ from typing import Any
 import numpy as np
 
 from calibkit.errors import InputError
+from calibkit.io.formats import RASTER_SUFFIXES
 
 # Deflate (gzip, zip, zlib) expands at most 1032-fold (zlib's FAQ): a compressed file
 # of n bytes cannot hold more than 1032 n bytes of data.
 _DEFLATE_MAX_RATIO = 1032
 # A header may claim up to this much data before a .nii.gz's real length is checked.
 _UNCHECKED_CLAIM = 64 << 20
+# PNG and TIFF data may be compressed: PNG's deflate expands at most 1032-fold, TIFF's
+# LZW about 1400-fold (12-bit codes for strings that grow by one byte a code, before
+# its table of 4096 entries is full); 4096 bounds both.
+_RASTER_MAX_RATIO = 4096
 
 
 def _size_text(n_bytes: int) -> str:
@@ -185,7 +190,7 @@ def _check_metaimage_dimension(path: Path) -> None:
         raise InputError(
             path,
             f"header gives NDims = {ndims.group(1)}, not a number of dimensions (corrupt "
-            "header); expected a 3-D scalar or vector image",
+            "header); expected a 2-D or 3-D scalar or vector image",
         )
 
 
@@ -204,12 +209,17 @@ def _check_sitk_claim(path: Path, size: tuple[int, ...], components: int, pixel_
 
 
 def _sitk_data_bound(path: Path, claimed: int) -> tuple[int, str] | None:
-    """Most data bytes a MetaImage or NRRD file (or its data file) can hold, and how
-    that reads in a message; None when the header does not tell (file lists, bzip2).
+    """Most data bytes a MetaImage, NRRD, PNG or TIFF file (or its data file) can hold,
+    and how that reads in a message; None when the header does not tell (file lists,
+    bzip2).
 
     Compressed MetaImage data are inflated (counted, nothing kept, at most
     ``claimed`` bytes); other compressed data are bounded by 1032 times their size.
     """
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        stored = path.stat().st_size
+        bound = _RASTER_MAX_RATIO * stored
+        return bound, f"{stored} bytes (at most {_size_text(bound)} decompressed)"
     with path.open("rb") as stream:
         head = stream.read(1 << 16).decode("latin1")
     if path.suffix.lower() in (".mha", ".mhd"):

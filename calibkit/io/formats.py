@@ -1,4 +1,4 @@
-"""Which files hold volumes: the suffixes calibkit reads and writes, and the check
+"""Which files hold images: the suffixes calibkit reads and writes, and the check
 that a path is a non-empty file of an accepted kind."""
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ __all__ = [
     "LABEL_SUFFIXES",
     "NIFTI_SUFFIXES",
     "PREDICTION_SUFFIXES",
+    "RASTER_SUFFIXES",
     "SITK_SUFFIXES",
     "split_suffix",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
-PREDICTION_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES, ".npz")
-LABEL_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES)
+# 2-D PNG and TIFF images (read with SimpleITK): probability maps and label masks.
+RASTER_SUFFIXES = (".png", ".tif", ".tiff")
+PREDICTION_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES, *RASTER_SUFFIXES, ".npz")
+LABEL_SUFFIXES = (*NIFTI_SUFFIXES, *SITK_SUFFIXES, *RASTER_SUFFIXES)
 
 _KNOWN_SUFFIXES = sorted(set(PREDICTION_SUFFIXES), key=len, reverse=True)
 

@@ -14,7 +14,7 @@ from calibkit.errors import InputError
 from calibkit.io.claims import _check_nifti_claim
 from calibkit.io.read_errors import _read_errors
 
-_PREDICTION_LAYOUTS = "expected (x, y, z), (x, y, z, C) or (x, y, z, 1, C)"
+_PREDICTION_LAYOUTS = "expected (x, y), (x, y, z), (x, y, z, C) or (x, y, z, 1, C)"
 
 
 def _load_nifti(path: Path) -> Any:
@@ -50,7 +50,10 @@ def _quiet_nibabel() -> Iterator[None]:
 
 
 def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """The channel-first float32 array, the affine, and :func:`_unscaled_integers`."""
+    """The channel-first float32 array, the affine, and :func:`_unscaled_integers`.
+
+    A 2-D image ``(x, y)`` is one channel on one slice, ``(1, x, y, 1)``.
+    """
     img = _load_nifti(path)
     shape = tuple(int(n) for n in img.shape)
     ndim = len(shape)
@@ -60,7 +63,7 @@ def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | No
             f"5-D image of shape {shape} has {shape[3]} in its 4th dimension; "
             f"{_PREDICTION_LAYOUTS}",
         )
-    if ndim not in (3, 4, 5):
+    if ndim not in (2, 3, 4, 5):
         raise InputError(
             path, f"{ndim}-D image of shape {shape} cannot be a prediction; {_PREDICTION_LAYOUTS}"
         )
@@ -85,7 +88,9 @@ def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | No
             data = _scale_to_float32(raw, float(img.dataobj.slope), float(img.dataobj.inter))
             if ndim == 5:
                 data = data[:, :, :, 0, :]
-    array = data[np.newaxis] if ndim == 3 else np.moveaxis(data, -1, 0)
+    if ndim == 2:  # a 2-D image: one slice
+        data = data[:, :, np.newaxis]
+    array = data[np.newaxis] if ndim <= 3 else np.moveaxis(data, -1, 0)
     return array, np.asarray(img.affine, dtype=np.float64), _unscaled_integers(img, stored)
 
 

@@ -3,7 +3,7 @@
 Layouts understood (SPEC §2):
 
 - nnU-Net: ``labelsTr/CASE.nii.gz``; predictions ``CASE.nii.gz`` (argmax) next to
-  ``CASE.npz`` (probabilities; preferred).
+  ``CASE.npz`` (probabilities; preferred), or ``CASE.png`` etc. for 2-D data sets.
 - BraTS: ``CASE/CASE_seg.nii.gz`` next to ``CASE_t1.nii.gz`` etc. (ignored), and the
   BraTS 2023 spelling ``BraTS-GLI-00000-000-seg.nii.gz``.
 - Predictions and labels in one folder: ``CASE_pred.nii.gz`` next to ``CASE_seg.nii.gz``.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from calibkit.errors import InputError, PairingError
 from calibkit.io.atomic import os_error_reason
-from calibkit.io.formats import LABEL_SUFFIXES, NIFTI_SUFFIXES, PREDICTION_SUFFIXES, split_suffix
+from calibkit.io.formats import LABEL_SUFFIXES, PREDICTION_SUFFIXES, split_suffix
 
 __all__ = [
     "DEFAULT_CASE_SUFFIXES",
@@ -140,8 +140,9 @@ def find_predictions(
 ) -> dict[str, Path]:
     """Prediction files under ``folder`` by case id.
 
-    When one case has both a NIfTI file and an ``.npz`` (nnU-Net writes both), the
-    ``.npz`` probabilities are used.
+    When one case has both an image file and an ``.npz`` (nnU-Net writes both, the
+    image in the data set's format: NIfTI, PNG, TIFF, ...), the ``.npz`` probabilities
+    are used.
 
     Args:
         folder: folder searched recursively.
@@ -437,8 +438,9 @@ def _predictions_by_case(files: list[Path], suffixes: Sequence[str]) -> dict[str
         if len(paths) > 1:
             kinds = [split_suffix(p)[1] for p in paths]
             npz = [p for p, kind in zip(paths, kinds, strict=True) if kind == ".npz"]
-            # nnU-Net writes the argmax CASE.nii.gz next to the CASE.npz probabilities.
-            if len(npz) == 1 and all(kind in NIFTI_SUFFIXES for kind in kinds if kind != ".npz"):
+            # nnU-Net writes the argmax segmentation in the data set's format
+            # (CASE.nii.gz; CASE.png for 2-D data) next to the CASE.npz probabilities.
+            if len(npz) == 1:
                 paths = npz
             else:
                 raise PairingError(

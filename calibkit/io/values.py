@@ -1,4 +1,5 @@
-"""What a volume's values must be: finite probabilities; integer labels on a 3-D grid."""
+"""What a volume's values must be: finite probabilities; integer labels on a 3-D grid
+(a 2-D image is one slice)."""
 
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ def _check_finite(array: np.ndarray, path: Path) -> tuple[float, float] | None:
 
 
 def _check_label_shape(shape: tuple[int, ...], path: Path) -> None:
-    if len(shape) < 3 or sum(n != 1 for n in shape[3:]) > 1:
+    """Accept ``(x, y, z)`` with trailing singletons, a 2-D ``(x, y)`` image, or one
+    axis of label channels after the third (a multi-label ground truth)."""
+    if len(shape) < 2 or sum(n != 1 for n in shape[3:]) > 1:
         raise InputError(
             path,
-            f"label map has shape {shape}; expected a 3-D (x, y, z) integer label map, or "
-            "(x, y, z, L) with one binary map per class (multi-label)",
+            f"label map has shape {shape}; expected a 3-D (x, y, z) or 2-D (x, y) integer "
+            "label map, or (x, y, z, L) with one binary map per class (multi-label)",
         )
 
 
