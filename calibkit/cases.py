@@ -180,7 +180,7 @@ def load_case(pair: CasePair, options: EvaluationOptions) -> LoadedCase:
     """
     prediction = read_prediction(pair.prediction)
     label = read_label(pair.label)
-    notes: list[str] = []
+    notes: list[str] = [prediction.note] if prediction.note else []
     geometry_problem = check_geometry(prediction, label)
     if geometry_problem is not None:
         if not options.ignore_geometry:
@@ -201,7 +201,11 @@ def load_case(pair: CasePair, options: EvaluationOptions) -> LoadedCase:
             pair.label,
             f"label values {unknown} have no prediction channel or class (known labels: "
             f"{', '.join(map(str, sorted(plan.known_labels)))}); "
-            "check --classes, --region or --preset",
+            + (
+                "a mask stored as 0/255 is read with --classes 255"
+                if unknown == [255] and plan.n_channels == 1
+                else "check --classes, --region or --preset"
+            ),
         )
     return LoadedCase(pair, prediction, label, plan, tuple(notes))
 

@@ -364,8 +364,27 @@ def test_a_0_255_mask_is_label_255(tmp_path: Path) -> None:
         mask = sitk.ReadImage(str(path))
         sitk.WriteImage(mask * 255, str(path))
     code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
-    assert_user_error(code, stderr, "label values [255] have no prediction channel")
+    assert_user_error(
+        code,
+        stderr,
+        "label values [255] have no prediction channel",
+        "a mask stored as 0/255 is read with --classes 255",
+    )
     _evaluate(preds, labels, tmp_path / "out", "--classes", "255")
+
+
+def test_a_0_1_png_prediction_warns_that_it_reads_as_1_over_255(tmp_path: Path) -> None:
+    preds, labels, _ = write_2d(tmp_path, "png")
+    for case in CASES:
+        path = preds / f"{case}.png"
+        image = sitk.ReadImage(str(path))
+        mask = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) > 127).astype(np.uint8))
+        mask.CopyInformation(image)  # keep the spacing the label has
+        sitk.WriteImage(mask, str(path))
+    code, _, stderr = run_cli("evaluate", preds, labels, "--out", tmp_path / "out")
+    assert code == 0, stderr
+    assert "holds only the codes 0 and 1, read as probabilities 0 and 1/255" in stderr
+    assert stderr.count("warning:") == len(CASES)
 
 
 # --------------------------------------------------------------------------- refusals

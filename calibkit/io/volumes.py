@@ -80,6 +80,8 @@ class Volume:
             1)"``),
             which explains values far above 1; None for floats, scaled integers,
             other formats and labels.
+        note: a warning about how the values were read (an 8-bit PNG / TIFF map that
+            holds only the codes 0 and 1, which reads as probabilities 0 and 1/255).
     """
 
     array: np.ndarray
@@ -87,6 +89,7 @@ class Volume:
     path: Path
     value_range: tuple[float, float] | None = None
     unscaled_integers: str | None = None
+    note: str | None = None
 
 
 def read_prediction(path: Path | str) -> Volume:
@@ -123,12 +126,24 @@ def read_prediction(path: Path | str) -> Volume:
     else:
         array, affine = _read_sitk_prediction(path)
     value_range = _check_finite(array, path)
+    note = None
+    if (
+        suffix in RASTER_SUFFIXES
+        and value_range is not None
+        and value_range[1] == np.float32(1 / 255)
+    ):
+        note = (
+            f"{path}: holds only the codes 0 and 1, read as probabilities 0 and 1/255 "
+            "(k/255); a hard 0/1 mask is not a probability map: store probabilities, or "
+            "the mask as codes 0 and 255"
+        )
     return Volume(
         array=array,
         affine=affine,
         path=path,
         value_range=value_range,
         unscaled_integers=unscaled_integers,
+        note=note,
     )
 
 
