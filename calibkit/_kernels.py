@@ -3,8 +3,15 @@
 Imported lazily (numba costs about 0.5 s to import), where the compiled path is
 taken: :func:`calibkit.binning.bin_statistics` picks it when numba is installed;
 the numpy path in :mod:`calibkit.binning` stays the reference and the fallback.
-The compiled code is cached on disk (``cache=True``), so only the first process
-after an install pays for compilation.
+
+Compiled once per install. The compiled code is cached on disk
+(:mod:`calibkit._kernel_cache` says where); :func:`compile_all` (``calibkit
+prebuild``) compiles every version the wrappers here can ask for. There are few:
+the wrappers hand the kernels one kind of array whatever the caller's layout
+(read-only, flat, unsigned; :func:`_flat_rows`), so only the dtype of the targets
+picks a version. The kernels are plain loops that release the GIL, run on several
+threads by :func:`_run_on_threads`: numba's ``parallel=True`` took twice as long
+to compile, for the same speed.
 
 How a voxel finds its bin. ``floor(p * M)`` is the bin of ``p`` except near an
 inner edge, where the float32 edges (``torch.linspace(0, 1 + eps, M + 1)``) and
@@ -34,29 +41,29 @@ from __future__ import annotations
 
 import importlib.abc
 import os
+import queue
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
 import numpy.typing as npt
 
+from calibkit import _kernel_cache
 from calibkit.bins import bin_edges
 
 _LAYER_CHOSEN = getattr(numba.config, "THREADING_LAYER", "default") != "default"
 if "NUMBA_THREADING_LAYER" not in os.environ and not _LAYER_CHOSEN:
     # numba's own thread pool, unless the user chose a layer: the OpenMP layer resets
     # the OpenMP thread count that torch shares (torch.get_num_threads() changed
-    # after binning, which broke the exact resume of training).
+    # after binning, which broke the exact resume of training). The kernels run no
+    # parallel region, but numba.get_num_threads() starts the layer.
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
-
-# The workqueue layer aborts the process when two threads launch parallel kernels
-# at once (a thread pool of cases, a data loader): launches take turns, each still
-# using every numba thread.
-_LAUNCH_LOCK = threading.Lock()
 
 # Voxels per chunk: the unit of parallel work and of the summation order.
 KERNEL_CHUNK = 1 << 16
@@ -75,7 +82,7 @@ RECHECK_AFTER = 8
 LANES = 4
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _bracket(  # pragma: no cover - compiled
     value: np.float32, scale: np.float32, top: np.float32, margin: np.float32
 ) -> tuple[np.int32, np.int32]:
@@ -90,7 +97,7 @@ def _bracket(  # pragma: no cover - compiled
     return np.int32(x - margin), np.int32(x + margin)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _block_extent(  # pragma: no cover - compiled
     block_p: npt.NDArray[np.float32],
 ) -> tuple[np.float32, np.float32, float]:
@@ -116,7 +123,7 @@ def _block_extent(  # pragma: no cover - compiled
     return lo, hi, (sum0 + sum1) + (sum2 + sum3)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _one_key(  # pragma: no cover - compiled
     block_p: npt.NDArray[np.float32],
     block_codes: npt.NDArray[np.integer],
@@ -146,7 +153,7 @@ def _one_key(  # pragma: no cover - compiled
     return 4 * below + 2 * np.int32(lo >= threshold) + np.int32(target), total
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def _bin_chunk(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
     codes: npt.NDArray[np.integer],
@@ -208,33 +215,40 @@ def _bin_chunk(  # pragma: no cover - compiled
             key_sum[key] += lane_sum[lane * n_keys + key]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _bin_rows(  # pragma: no cover - compiled
+@numba.njit(nogil=True)
+def _bin_tasks(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
-    codes: npt.NDArray[np.integer],
+    p_rows: tuple[int, int],
+    codes: npt.NDArray[np.unsignedinteger],
+    code_rows: tuple[int, int],
+    n: int,
+    chunk: int,
     target_bits: np.uint64,
     edges: npt.NDArray[np.float32],
     margin: np.float32,
     threshold: np.float32,
-    chunk: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """Per-key counts and probability sums of each row of ``p`` (rows, voxels).
+    first_task: int,
+    task_step: int,
+    chunk_counts: npt.NDArray[np.int64],
+    chunk_sums: npt.NDArray[np.float64],
+) -> None:
+    """Bins of tasks ``first_task``, ``first_task + task_step``, ... into their rows of the sums.
 
-    One parallel loop over every (row, chunk) pair; chunk sums are added in chunk
-    order.
+    Task ``t`` is chunk ``t % n_chunks`` of row ``t // n_chunks``; row ``r`` of ``p``
+    is ``p[origin + r * step:][:n]`` with ``(origin, step) = p_rows`` (likewise
+    ``codes``). Every task writes only its own row of ``chunk_counts`` and
+    ``chunk_sums``.
     """
-    n_keys = 4 * (edges.size - 1)
-    n_rows, n = p.shape
     n_chunks = (n + chunk - 1) // chunk
-    chunk_counts = np.zeros((n_rows * n_chunks, n_keys), dtype=np.int64)
-    chunk_sums = np.zeros((n_rows * n_chunks, n_keys), dtype=np.float64)
-    for task in numba.prange(n_rows * n_chunks):
+    for task in range(first_task, chunk_counts.shape[0], task_step):
         row = task // n_chunks
         start = (task % n_chunks) * chunk
         stop = min(start + chunk, n)
+        p_at = p_rows[0] + row * p_rows[1]
+        code_at = code_rows[0] + row * code_rows[1]
         _bin_chunk(
-            p[row, start:stop],
-            codes[row, start:stop],
+            p[p_at + start : p_at + stop],
+            codes[code_at + start : code_at + stop],
             target_bits,
             edges,
             margin,
@@ -242,36 +256,39 @@ def _bin_rows(  # pragma: no cover - compiled
             chunk_counts[task],
             chunk_sums[task],
         )
-    return _row_totals(chunk_counts, chunk_sums, n_rows)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _bin_binary_rows(  # pragma: no cover - compiled
+@numba.njit(nogil=True)
+def _bin_binary_tasks(  # pragma: no cover - compiled
     p: npt.NDArray[np.float32],
+    p_rows: tuple[int, int],
     values: npt.NDArray[Any],
+    value_rows: tuple[int, int],
+    n: int,
+    chunk: int,
     edges: npt.NDArray[np.float32],
     margin: np.float32,
-    chunk: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool]:
-    """:func:`_bin_rows` of targets of any number type that should hold only 0 and 1.
+    first_task: int,
+    task_step: int,
+    chunk_counts: npt.NDArray[np.int64],
+    chunk_sums: npt.NDArray[np.float64],
+    binary: npt.NDArray[np.bool_],
+) -> None:
+    """:func:`_bin_tasks` of targets of any number type that should hold only 0 and 1.
 
     Each chunk of targets is turned into 0/1 codes in a small buffer (it stays in
     the cache) and binned like a boolean mask, so the volume is read once and never
-    copied. The last value returned is False when a target is neither 0 nor 1 (a
-    soft target, NaN): the bins are then incomplete and must not be used.
+    copied. ``binary[task]`` becomes False when a target of the task is neither 0
+    nor 1 (a soft target, NaN): the bins are then incomplete and must not be used.
     """
-    n_keys = 4 * (edges.size - 1)
-    n_rows, n = p.shape
     n_chunks = (n + chunk - 1) // chunk
-    chunk_counts = np.zeros((n_rows * n_chunks, n_keys), dtype=np.int64)
-    chunk_sums = np.zeros((n_rows * n_chunks, n_keys), dtype=np.float64)
-    binary = np.ones(n_rows * n_chunks, dtype=np.bool_)
-    for task in numba.prange(n_rows * n_chunks):
+    codes = np.empty(chunk, dtype=np.uint8)
+    for task in range(first_task, chunk_counts.shape[0], task_step):
         row = task // n_chunks
         start = (task % n_chunks) * chunk
         stop = min(start + chunk, n)
-        source = values[row, start:stop]
-        codes = np.empty(stop - start, dtype=np.uint8)
+        value_at = value_rows[0] + row * value_rows[1]
+        source = values[value_at + start : value_at + stop]
         n_other = 0
         for j in range(source.size):
             value = source[j]
@@ -280,9 +297,10 @@ def _bin_binary_rows(  # pragma: no cover - compiled
         if n_other != 0:
             binary[task] = False
             continue
+        p_at = p_rows[0] + row * p_rows[1]
         _bin_chunk(
-            p[row, start:stop],
-            codes,
+            p[p_at + start : p_at + stop],
+            codes[: stop - start],
             np.uint64(0b10),
             edges,
             margin,
@@ -290,11 +308,9 @@ def _bin_binary_rows(  # pragma: no cover - compiled
             chunk_counts[task],
             chunk_sums[task],
         )
-    key_count, key_sum = _row_totals(chunk_counts, chunk_sums, n_rows)
-    return key_count, key_sum, bool(binary.all())
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def _row_totals(  # pragma: no cover - compiled
     chunk_counts: npt.NDArray[np.int64], chunk_sums: npt.NDArray[np.float64], n_rows: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
@@ -311,7 +327,7 @@ def _row_totals(  # pragma: no cover - compiled
     return key_count, key_sum
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(nogil=True)
 def _values_present(
     codes: npt.NDArray[np.integer], size: int
 ) -> npt.NDArray[np.bool_]:  # pragma: no cover
@@ -386,30 +402,47 @@ def bin_rows(
     label map with values in ``[0, 64)`` whose target is "the label is one of
     ``target_labels``". ``predicted`` and ``intersection`` count voxels with
     ``p >= threshold`` (and a positive target): the Dice counts, from the same pass.
-    Rows may be strided views; each row must be contiguous. The bins are those of
-    :func:`calibkit.bins.bin_edges`.
+    Rows may be strided views; a row that is not contiguous is copied. The bins are
+    those of :func:`calibkit.bins.bin_edges`.
     """
     if not supports(n_bins):
         raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
-    label_codes: npt.NDArray[Any]
     if target_labels is None:
-        label_codes, bits = codes.view(np.uint8), 0b10
+        bits = 0b10
     else:
-        label_codes = cast("npt.NDArray[Any]", codes)
         # A shift by 64 or more is undefined in the kernel: check the codes here.
-        if label_codes.size and (label_codes.min() < 0 or label_codes.max() >= TARGET_BITS):
+        if codes.size and (codes.min() < 0 or codes.max() >= TARGET_BITS):
             raise ValueError(f"label values must lie in [0, {TARGET_BITS}) for the compiled kernel")
         bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
-    with _LAUNCH_LOCK:
-        key_counts, key_sums = _bin_rows(
-            p,
-            label_codes,
+    flat_p, p_rows = _flat_rows(p)
+    flat_codes, code_rows = _flat_rows(_unsigned(codes))
+    n_rows, n = p.shape
+    chunk = chunk_for(n_bins)
+    n_tasks = n_rows * ((n + chunk - 1) // chunk)
+    chunk_counts = np.zeros((n_tasks, 4 * n_bins), dtype=np.int64)
+    chunk_sums = np.zeros((n_tasks, 4 * n_bins), dtype=np.float64)
+    edges, margin = bin_edges(n_bins), edge_margin(n_bins)
+
+    def run(first_task: int, task_step: int) -> None:
+        _bin_tasks(
+            flat_p,
+            p_rows,
+            flat_codes,
+            code_rows,
+            n,
+            chunk,
             np.uint64(bits),
-            bin_edges(n_bins),
-            edge_margin(n_bins),
+            edges,
+            margin,
             np.float32(threshold),
-            chunk_for(n_bins),
+            first_task,
+            task_step,
+            chunk_counts,
+            chunk_sums,
         )
+
+    _run_on_threads(run, n_tasks)
+    key_counts, key_sums = _row_totals(chunk_counts, chunk_sums, n_rows)
     return [
         _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
     ]
@@ -426,19 +459,161 @@ def bin_binary_rows(
     """
     if not supports(n_bins):
         raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
-    if values.dtype.kind == "i":
-        # The bits of 0 and 1 are those of unsigned 0 and 1, and every other value is
-        # another unsigned value: one compiled version serves both.
-        values = values.view(np.dtype(f"u{values.dtype.itemsize}"))
-    with _LAUNCH_LOCK:
-        key_counts, key_sums, binary = _bin_binary_rows(
-            p, values, bin_edges(n_bins), edge_margin(n_bins), chunk_for(n_bins)
+    flat_p, p_rows = _flat_rows(p)
+    flat_values, value_rows = _flat_rows(_unsigned(values))
+    n_rows, n = p.shape
+    chunk = chunk_for(n_bins)
+    n_tasks = n_rows * ((n + chunk - 1) // chunk)
+    chunk_counts = np.zeros((n_tasks, 4 * n_bins), dtype=np.int64)
+    chunk_sums = np.zeros((n_tasks, 4 * n_bins), dtype=np.float64)
+    binary = np.ones(n_tasks, dtype=np.bool_)
+    edges, margin = bin_edges(n_bins), edge_margin(n_bins)
+
+    def run(first_task: int, task_step: int) -> None:
+        _bin_binary_tasks(
+            flat_p,
+            p_rows,
+            flat_values,
+            value_rows,
+            n,
+            chunk,
+            edges,
+            margin,
+            first_task,
+            task_step,
+            chunk_counts,
+            chunk_sums,
+            binary,
         )
-    if not binary:
+
+    _run_on_threads(run, n_tasks)
+    if not binary.all():
         return None
+    key_counts, key_sums = _row_totals(chunk_counts, chunk_sums, n_rows)
     return [
         _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
     ]
+
+
+def _unsigned(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Signed integers and booleans as the unsigned integers of their bits (no copy).
+
+    For values that are 0 and 1, or labels in ``[0, 64)``, the two read alike, and
+    one compiled version of a kernel serves both.
+    """
+    if array.dtype.kind in "ib":
+        return array.view(np.dtype(f"u{array.dtype.itemsize}"))
+    return array
+
+
+def _flat_rows(rows: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], tuple[int, int]]:
+    """``rows`` (rows, n) as one read-only flat view of their memory, and where each row is.
+
+    Returns the view and ``(origin, step)``: row ``r`` is ``view[origin + r * step:]``
+    (its first ``n`` items). Rows at equal distances in one buffer, in either order
+    (a channel-first or channel-last volume, classes reversed, one row repeated),
+    need no copy; a row that is not contiguous is copied. The kernels then see one
+    kind of array, whatever the layout, the write flag or the order of the rows:
+    they compile once per dtype.
+    """
+    n_rows, n = rows.shape
+    item = rows.itemsize
+    contiguous = n <= 1 or rows.strides[1] == item
+    if not contiguous or (n_rows > 1 and rows.strides[0] % item):
+        rows = np.ascontiguousarray(rows)
+    step = rows.strides[0] // item if n_rows > 1 else n
+    if n_rows == 0 or n == 0:
+        empty = np.empty(0, rows.dtype)
+        empty.flags.writeable = False
+        return empty, (0, 0)
+    first = rows[-1] if step < 0 else rows[0]  # the row at the lowest address
+    origin = (n_rows - 1) * -step if step < 0 else 0
+    span = abs(step) * (n_rows - 1) + n
+    flat: npt.NDArray[Any] = np.lib.stride_tricks.as_strided(
+        first, shape=(span,), strides=(item,), writeable=False
+    )
+    return flat, (origin, step)
+
+
+class _Job:
+    """One call on a helper thread, and how it ended."""
+
+    def __init__(self, call: Callable[[int, int], None], index: int, n_threads: int) -> None:
+        self.call, self.index, self.n_threads = call, index, n_threads
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call(self.index, self.n_threads)
+        except BaseException as error:  # re-raised in the calling thread
+            self.error = error
+        finally:
+            self.done.set()
+
+
+class _HelperThreads:
+    """Daemon threads, made once and reused, that run kernel calls beside the caller.
+
+    Daemon threads: a command still ends as soon as its work is done (see
+    :func:`calibkit.cli.main`). A forked child starts with none of them.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._started = 0
+
+    def run(self, call: Callable[[int, int], None], n_threads: int) -> None:
+        """``call(i, n_threads)`` for each ``i < n_threads``: 0 here, the others on helpers."""
+        jobs = [_Job(call, index, n_threads) for index in range(1, n_threads)]
+        with self._lock:
+            while self._started < len(jobs):
+                name = f"calibkit-kernel-{self._started + 1}"
+                worker = threading.Thread(target=_serve, args=(self._jobs,), name=name, daemon=True)
+                worker.start()
+                self._started += 1
+            for job in jobs:
+                self._jobs.put(job)
+        try:
+            call(0, n_threads)
+        finally:
+            for job in jobs:  # they write into the caller's arrays: wait, even on an error
+                job.done.wait()
+        for job in jobs:
+            if job.error is not None:
+                raise job.error
+
+
+def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
+    while True:
+        jobs.get().run()
+
+
+_HELPERS = _HelperThreads()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_HELPERS._reset)
+
+
+def _run_on_threads(call: Callable[[int, int], None], n_tasks: int) -> None:
+    """``call(first_task, task_step)`` on numba's number of threads, tasks dealt in turn.
+
+    ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``, :func:`numba.set_num_threads`)
+    sets the number, as it did for numba's parallel loops. Tasks are dealt like
+    cards (thread ``i`` takes ``i``, ``i + T``, ...), so that a run of cheap chunks
+    (background) is shared too. Each task writes only its own sums: the result does
+    not depend on the number of threads.
+    """
+    if n_tasks == 0:
+        return
+    n_threads = min(numba.get_num_threads(), n_tasks)
+    if n_threads == 1:
+        call(0, 1)
+    else:
+        _HELPERS.run(call, n_threads)
 
 
 def bin_flat(
@@ -501,5 +676,73 @@ def start_without_blas_probe() -> None:
 
 def values_present(codes: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.bool_]:
     """Which of ``0 .. size - 1`` occur in ``codes`` (all of them in that range)."""
-    seen: npt.NDArray[np.bool_] = _values_present(codes.ravel(order="K"), size)
+    flat, _ = _flat_rows(_unsigned(codes).reshape(1, -1))
+    seen: npt.NDArray[np.bool_] = _values_present(flat, size)
     return seen
+
+
+# Target dtypes the wrappers hand the kernels (signed integers and bool are read as
+# these unsigned ones): the versions compile_all compiles.
+CODE_DTYPES: tuple[type[np.generic], ...] = (np.uint8, np.uint16, np.uint32, np.uint64)
+VALUE_DTYPES: tuple[type[np.generic], ...] = (*CODE_DTYPES, np.float32, np.float64)
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """What :func:`compile_all` did.
+
+    Attributes:
+        compiled: kernel versions compiled now (and written to the cache).
+        loaded: kernel versions found in the cache.
+        cache_dir: the folder of numba's cache of the kernels; None: not cached.
+    """
+
+    compiled: int
+    loaded: int
+    cache_dir: str | None
+
+
+def compile_all() -> KernelBuild:
+    """Compile every version of the kernels the wrappers can ask for, into the cache.
+
+    Run once per install (``calibkit prebuild``); later processes load them from the
+    cache instead of compiling on first use.
+    """
+    before = _cache_counts()
+    p = np.zeros((1, 1), np.float32)
+    for dtype in CODE_DTYPES:
+        labels = np.zeros((1, 1), dtype)
+        bin_rows(p, labels, 20, target_labels=(1,))
+        values_present(labels, 1)
+    for dtype in VALUE_DTYPES:
+        bin_binary_rows(p, np.zeros((1, 1), dtype), 20)
+    after = _cache_counts()
+    cache_dir = _bin_tasks.stats.cache_path
+    return KernelBuild(
+        compiled=after[0] - before[0],
+        loaded=after[1] - before[1],
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )
+
+
+def _cache_counts() -> tuple[int, int]:
+    """Kernel versions compiled and versions loaded from the cache so far in this process."""
+    compiled = loaded = 0
+    for kernel in _CACHED:
+        stats = kernel.stats
+        compiled += sum(stats.cache_misses.values())
+        loaded += sum(stats.cache_hits.values())
+    return compiled, loaded
+
+
+_CACHED = (
+    _bracket,
+    _block_extent,
+    _one_key,
+    _bin_chunk,
+    _bin_tasks,
+    _bin_binary_tasks,
+    _row_totals,
+    _values_present,
+)
+_kernel_cache.enable_caching(_CACHED, Path(__file__))

@@ -43,6 +43,8 @@ from calibkit.errors import CalibkitError
 if TYPE_CHECKING:
     import torch
 
+    from calibkit._kernels import KernelBuild
+
 __all__ = [
     "CHUNK_VOXELS",
     "DEFAULT_N_BINS",
@@ -56,6 +58,7 @@ __all__ = [
     "bin_statistics",
     "bin_with_label_map",
     "class_binner",
+    "compile_kernels",
     "compiled_kernel_applies",
     "dense_values",
     "flatten_alike",
@@ -522,6 +525,26 @@ def dense_values(array: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
         expected *= array.shape[axis]
     flat: npt.NDArray[Any] = array.ravel(order="K")
     return flat
+
+
+def compile_kernels() -> KernelBuild | None:
+    """Compile every version of the compiled kernel into numba's disk cache, once per install.
+
+    Without this, the first process that bins compiles the versions it needs (a
+    few seconds) and caches them. ``calibkit prebuild`` runs it; a shared,
+    read-only install should run it when it is installed, as the installing user:
+    every user then reads the kernels from the package's own cache.
+
+    Returns:
+        How many versions were compiled now and found cached, and the cache
+        folder; None when numba is not installed (the numpy path needs none).
+    """
+    if not numba_available():
+        return None
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit import _kernels
+
+    return _kernels.compile_all()
 
 
 @lru_cache(maxsize=1)

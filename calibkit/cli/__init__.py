@@ -13,6 +13,7 @@ from calibkit.cli import compare as _compare  # noqa: F401  (compare, summarize,
 from calibkit.cli import demo as _demo  # noqa: F401  (registers its command)
 from calibkit.cli import evaluate as _evaluate  # noqa: F401  (registers its command)
 from calibkit.cli import plots as _plots  # noqa: F401  (plot-diagram, -histogram, -scatter)
+from calibkit.cli import prebuild as _prebuild  # noqa: F401  (registers its command)
 from calibkit.cli import temperature as _temperature  # noqa: F401  (fit-/apply-temperature)
 from calibkit.cli import train as _train  # noqa: F401  (train, predict)
 from calibkit.cli.app import app
