@@ -20,6 +20,7 @@ import bench_binning_dtypes  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_readers  # noqa: E402
+import bench_torch_backend  # noqa: E402
 
 
 def main() -> None:
@@ -36,6 +37,8 @@ def main() -> None:
         f"Python {platform.python_version()}, by `python benchmarks/run_all.py`.",
         "## Bin statistics of one volume\n\n" + bench_binning.main(binning_args),
         "## Binary targets of each dtype\n\n" + bench_binning_dtypes.main(dtypes_args),
+        "## The torch backend on the CPU\n\n"
+        + bench_torch_backend.main(["--repeats", "5"] + (["--quick"] if args.quick else [])),
         "## evaluate against reading only\n\n" + bench_evaluate.main(evaluate_args),
         "## Readers\n\n" + bench_readers.main([]),
         "## Start-up\n\n" + bench_cli.main(),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -280,7 +281,7 @@ def class_binner(
 
     Returns:
         ``bin_one(p, y) -> BinStats`` of shape ``(M,)`` for ``p`` and ``y`` of one
-        shape.
+        shape. On torch it reuses its buffers from call to call: one thread at a time.
 
     Raises:
         CalibkitError: torch is asked for but not installed.
@@ -290,8 +291,12 @@ def class_binner(
     # Deferred: torch costs seconds to import, and `import calibkit` stays light
     import torch
 
+    from calibkit.binning_torch import TorchBinner
+
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return lambda p, y: bin_statistics(p[None], y[None], n_bins, backend="torch", device=chosen)[0]
+    # One binner for every class: its buffers serve them all.
+    binner = TorchBinner(n_bins, chosen)
+    return lambda p, y: binner(_as_tensor(p[None]), _as_tensor(y[None]))[0]
 
 
 def compiled_kernel_applies(
@@ -442,12 +447,29 @@ def _bin_with_torch(
     def on_device(values: npt.ArrayLike | torch.Tensor) -> torch.Tensor:
         if isinstance(values, torch.Tensor):
             return values.to(chosen)
-        return torch.from_numpy(np.ascontiguousarray(values)).to(chosen)
+        return _as_tensor(np.asarray(values)).to(chosen)
 
     p, y = on_device(probabilities), on_device(targets)
     if p.ndim < 1:
         raise ValueError("probabilities need a leading class axis: (C, *spatial)")
     return bin_statistics_torch(p, y, n_bins)
+
+
+def _as_tensor(array: npt.NDArray[Any]) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory in its own layout (a Fortran-ordered volume
+    stays one), copied only where torch cannot share it (negative strides, a foreign
+    byte order)."""
+    # Deferred: torch costs seconds to import, and `import calibkit` stays light
+    import torch
+
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if any(stride < 0 or stride % array.itemsize for stride in array.strides):
+        array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        # Binning only reads: a read-only array (a memory map) is safe to share.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _as_rows(rows: list[npt.NDArray[Any]]) -> npt.NDArray[Any] | None:
