@@ -289,6 +289,148 @@ def test_soft_loss_drops_light_bins() -> None:
     assert abs(default - light) > 0.1
 
 
+def tent_loss_autograd(
+    p: torch.Tensor,
+    y: torch.Tensor,
+    n_bins: int,
+    empty_weight: float,
+    calibration_reduction: CalibrationReduction,
+) -> torch.Tensor:
+    """Mean soft-binned calibration error, straight from its definition, for torch autograd.
+
+    Dense (B, C, N, M) tent weights, per-bin sums by ``sum`` and the SPEC.md §1
+    formulas: no chunks, no custom backward; the gradient is autograd's.
+    """
+    width = float(bin_edges(n_bins)[-1]) / n_bins
+    centres = (torch.arange(n_bins, dtype=p.dtype) + 0.5) * width
+    weights = (1.0 - (p[..., None] - centres).abs() / width).clamp_min(0.0)
+    below, above = p <= centres[0], p >= centres[-1]
+    weights = torch.cat(
+        [
+            torch.where(below, 1.0, weights[..., 0])[..., None],
+            weights[..., 1:-1],
+            torch.where(above, 1.0, weights[..., -1])[..., None],
+        ],
+        dim=-1,
+    )
+    total = weights.sum(dim=2)
+    sum_p = (weights * p[..., None]).sum(dim=2)
+    sum_y = (weights * y[..., None]).sum(dim=2)
+    kept = total >= empty_weight
+    weighted_gap = torch.where(kept, (sum_p - sum_y).abs(), 0.0)
+    if calibration_reduction == "expected":
+        values = weighted_gap.sum(-1) / total.sum(-1)
+    else:
+        gap = weighted_gap / torch.where(kept, total, 1.0)
+        if calibration_reduction == "maximum":
+            values = torch.where(kept, gap, -math.inf).amax(-1)
+        else:
+            values = gap.sum(-1) / kept.sum(-1)
+    return values.mean()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_map", [False, True])
+def test_soft_gradient_equals_autograd_of_the_definition(
+    reduction: CalibrationReduction, label_map: bool, rng: np.random.Generator
+) -> None:
+    # 17,000 voxels per pair: more than one block of the compiled kernel (BLOCK = 16,384).
+    n_bins = 20
+    p = away_from_edges(rng.random((2, 3, 17_000)), n_bins, margin=1e-6)
+    p[:, :, :40] = rng.random((2, 3, 40)) * 0.02  # below the first centre
+    p[:, :, 40:80] = 1 - rng.random((2, 3, 40)) * 0.02  # above the last one
+    labels = rng.integers(0, 4, size=(2, 1, p.shape[2]))
+    y = (labels == np.arange(1, 4)[None, :, None]).astype(np.float64)
+
+    p_ours = torch.from_numpy(p).requires_grad_()
+    if label_map:  # channel 0 dropped: strided channel views and targets built chunk by chunk
+        loss = SoftL1ACELoss(
+            calibration_reduction=reduction, to_onehot_y=True, include_background=False
+        )
+        padded = torch.cat([torch.zeros(2, 1, p.shape[2], dtype=torch.float64), p_ours], dim=1)
+        ours = loss(padded, torch.from_numpy(labels))
+    else:
+        ours = SoftL1ACELoss(calibration_reduction=reduction)(p_ours, torch.from_numpy(y))
+    (grad_ours,) = torch.autograd.grad(ours, p_ours)
+
+    p_ref = torch.from_numpy(p).requires_grad_()
+    reference = tent_loss_autograd(p_ref, torch.from_numpy(y), n_bins, 0.01, reduction)
+    (grad_ref,) = torch.autograd.grad(reference, p_ref)
+
+    # float64 throughout: the sums of up to 17,000 terms and the per-voxel products differ
+    # only by rounding order, about sqrt(17,000) * 2^-53 ~ 1.5e-14 relative; 1e-12 leaves
+    # room for the division by the bin weight. Gradients are compared to their largest
+    # entry (single voxels may be near zero).
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-12)
+    scale = grad_ref.abs().max().item()
+    torch.testing.assert_close(grad_ours, grad_ref, rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("label_map", [False, True])
+def test_compiled_and_torch_soft_paths_agree(
+    dtype: torch.dtype,
+    label_map: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
+) -> None:
+    p, y = random_case(rng, (2, 3, 17_000), edges=20)
+    labels = torch.from_numpy(rng.integers(0, 3, size=(2, 1, p.shape[2])))
+    logits = torch.from_numpy(np.log(p + 1e-3)).to(dtype)
+
+    def value_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        if label_map:
+            x = logits.clone().requires_grad_()
+            loss = SoftL1ACELoss(reduction="none", softmax=True, to_onehot_y=True)
+            value = loss(x, labels)
+        else:
+            x = torch.from_numpy(p).to(dtype).requires_grad_()
+            value = SoftL1ACELoss(reduction="none")(x, torch.from_numpy(y))
+        (grad,) = torch.autograd.grad(value.sum(), x)
+        return value, grad
+
+    compiled = value_and_grad()
+    monkeypatch.setattr(bin_sums, "COMPILED_SOFT_DEVICES", ())
+    torch_loop = value_and_grad()
+    if dtype == torch.float64:
+        # Same float64 numbers, summed in another order: ~sqrt(n) * 2^-53 relative.
+        torch.testing.assert_close(compiled[0], torch_loop[0], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(compiled[1], torch_loop[1], rtol=1e-10, atol=1e-15)
+    else:
+        # The torch loop rounds each product to float32 and sums 32,768-voxel chunks in
+        # float32 (relative error up to ~1e-7 per bin sum after cancellation); the
+        # compiled loop sums exact products in float64. Same bounds as the chunk test.
+        torch.testing.assert_close(compiled[0], torch_loop[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(compiled[1], torch_loop[1], rtol=1e-4, atol=1e-7)
+
+
+def test_compiled_soft_loss_is_the_same_on_any_thread_count_and_chunking(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    p, y = random_case(rng, (2, 3, 40_000), edges=20)
+    threads = torch.get_num_threads()
+
+    def value_and_grad(n_threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.set_num_threads(n_threads)
+        try:
+            x = torch.from_numpy(p).requires_grad_()
+            value = SoftL1ACELoss(reduction="none")(x, torch.from_numpy(y))
+            (grad,) = torch.autograd.grad(value.sum(), x)
+        finally:
+            torch.set_num_threads(threads)
+        return value, grad
+
+    one, two = value_and_grad(1), value_and_grad(2)
+    # Fixed blocks summed in a fixed order: bit for bit, whatever the thread count.
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    monkeypatch.setattr(bin_sums, "COMPILED_CHUNK_VOXELS", 1)  # 256 voxels per pair and call
+    chunked = value_and_grad(2)
+    # Other calls, other float64 summation order (~1e-16 relative): the float32 results
+    # move by an ulp at most; bounds as in test_chunked_and_real_scatter_paths_agree.
+    torch.testing.assert_close(chunked[0], one[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked[1], one[1], rtol=1e-4, atol=1e-7)
+
+
 def test_soft_float32_matches_float64(rng: np.random.Generator) -> None:
     p, y = random_case(rng, (2, 3, 20, 20, 20))
     single = SoftL1ACELoss(reduction="none")(torch.from_numpy(p), torch.from_numpy(y))

@@ -22,23 +22,28 @@ packed as one complex tensor on the CPU) accumulate all pairs at once, chunk by
 chunk. The voxel work is a hand-written :class:`torch.autograd.Function` that
 returns per-bin sums; everything after them (gaps, ACE / ECE / MCE, weights,
 reduction) is ordinary autograd on ``(B, C, M)`` tensors, and the hard backward
-is one gather of the per-bin gradient. Probabilities are binned in float32
-(half / bfloat16 inputs are cast) and sums accumulate in float64 across chunks,
-so autocast inputs are safe. ``torch.compile`` breaks the graph around the voxel
-loop and compiles the rest.
+is one gather of the per-bin gradient. On the CPU the soft loss's voxel work runs
+as two compiled (numba) loops, one read of each voxel forward and one backward.
+Probabilities are binned in float32 (half / bfloat16 inputs are cast) and sums
+accumulate in float64 across chunks, so autocast inputs are safe. ``torch.compile``
+breaks the graph around the voxel loop and compiles the rest.
 
 :func:`build_loss` turns a spec such as ``"dsc+ce+ace"`` or
 ``"dsc:1+ce:1+ace:0.3"`` into a :class:`CombinedLoss` for training.
 
 Modules, each importing only those listed after it: :mod:`~calibkit.losses.combined`
 (loss specs and :func:`build_loss`), :mod:`~calibkit.losses.calibration` (the two
-losses: options, inputs, reductions) and :mod:`~calibkit.losses._bin_sums` (the
-chunked voxel loop and its autograd functions; the chunk sizes and
-:data:`COMPLEX_SCATTER_DEVICES` are read there, so set them on that module).
+losses: options, inputs, reductions), :mod:`~calibkit.losses._bin_sums` (the
+chunked voxel loop and its autograd functions; the chunk sizes,
+:data:`COMPLEX_SCATTER_DEVICES` and :data:`COMPILED_SOFT_DEVICES` are read there,
+so set them on that module) and :mod:`~calibkit.losses._soft_kernel` (the compiled
+soft loops, imported on first use).
 """
 
 from __future__ import annotations
 
+from calibkit.losses._bin_sums import COMPILED_CHUNK_VOXELS as COMPILED_CHUNK_VOXELS
+from calibkit.losses._bin_sums import COMPILED_SOFT_DEVICES as COMPILED_SOFT_DEVICES
 from calibkit.losses._bin_sums import COMPLEX_SCATTER_DEVICES as COMPLEX_SCATTER_DEVICES
 from calibkit.losses._bin_sums import CPU_CHUNK_VOXELS as CPU_CHUNK_VOXELS
 from calibkit.losses._bin_sums import DEVICE_CHUNK_VOXELS as DEVICE_CHUNK_VOXELS

@@ -8,6 +8,11 @@ centres; both are hand-written :class:`torch.autograd.Function` classes that ret
 per-bin sums, called through :func:`_bin_sums_eager` so that ``torch.compile`` breaks
 the graph around the voxel loop. Probabilities are binned in float32 and sums
 accumulate in float64 across chunks.
+
+On the CPU (:data:`COMPILED_SOFT_DEVICES`), when numba is installed, the soft sums
+and their gradient run as compiled loops (:mod:`calibkit.losses._soft_kernel`) that
+read each voxel once and make no volume-sized temporaries; the torch loop is kept
+for GPUs and as their reference (the tests compare the two).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from calibkit.binning import bin_edges
+from calibkit.binning import bin_edges, numba_available
 from calibkit.binning_torch import bin_index_with_edges, edges_tensor
 
 # Voxels (over all image/class pairs) per step. On the CPU the temporaries of one
@@ -47,6 +53,15 @@ def _partial_dtype(probabilities: torch.Tensor) -> torch.dtype:
         return torch.float64
     return torch.float32
 
+
+# Voxels (over all image/class pairs) per call of the compiled soft-loss kernels: it
+# bounds the targets built from a label map (float32, 4 MB) and the float copy of
+# half-precision probabilities; float32 / float64 inputs and targets are read in place.
+COMPILED_CHUNK_VOXELS = 1 << 20
+
+# Devices on which the soft loss runs its compiled (numba) kernels when numba is
+# installed; elsewhere, and without numba, the torch chunk loop.
+COMPILED_SOFT_DEVICES: tuple[str, ...] = ("cpu",)
 
 # Devices on which two per-key sums are accumulated as one complex index_add_
 # (real part, imaginary part): half the scatters. Elsewhere, two real index_add_.
@@ -189,7 +204,8 @@ class _SoftBinSums(torch.autograd.Function):
     t, ``delta = (1 + eps) / M`` the metric's bin width); t is clamped to
     ``[0, M - 1]``, and the voxel sends ``1 - f`` of its unit mass to bin
     ``j = floor(t)`` and ``f = t - j`` to bin ``j + 1``. All three sums are
-    differentiable in p, through p itself and through the weights.
+    differentiable in p, through p itself and through the weights. Only the input
+    is saved; the backward recomputes each voxel's bin and fraction.
     """
 
     @staticmethod
@@ -199,29 +215,19 @@ class _SoftBinSums(torch.autograd.Function):
         targets: _Targets,
         n_bins: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch, classes, n_voxels = probabilities.shape
-        device = probabilities.device
-        n_keys = batch * classes * n_bins
-        offsets = _pair_offsets(batch, classes, n_bins, device)
+        batch, classes, _ = probabilities.shape
         partial = _partial_dtype(probabilities)
         # (left, right) sums keyed by the left bin; the right ones shift one bin up.
-        weight, weighted_p, weighted_y = (_zero_pair(n_keys, device) for _ in range(3))
-        for start, stop in _chunks(n_voxels, batch * classes, device):
-            p = probabilities[:, :, start:stop].to(partial)
-            y = targets.chunk(start, stop, partial)
-            left, frac = _soft_position(p, n_bins)
-            key = (left + offsets).view(-1)
-            w_left = 1.0 - frac
-            _scatter_pair(weight, key, w_left, frac)
-            _scatter_pair(weighted_p, key, w_left * p, frac * p)
-            _scatter_pair(weighted_y, key, w_left * y, frac * y)
+        if _compiled_soft_applies(probabilities.device):
+            pairs = _soft_sums_compiled(probabilities, targets, n_bins, partial)
+        else:
+            pairs = _soft_sums_torch(probabilities, targets, n_bins, partial)
         ctx.save_for_backward(probabilities)
         ctx.targets = targets
         ctx.n_bins = n_bins
         shape = (batch, classes, n_bins)
         return tuple(  # type: ignore[return-value]
-            left.view(shape) + _preceding(right.view(shape))
-            for left, right in (weight, weighted_p, weighted_y)
+            left.reshape(shape) + _preceding(right.reshape(shape)) for left, right in pairs
         )
 
     @staticmethod
@@ -234,10 +240,7 @@ class _SoftBinSums(torch.autograd.Function):
         (probabilities,) = ctx.saved_tensors
         targets: _Targets = ctx.targets
         n_bins: int = ctx.n_bins
-        batch, classes, n_voxels = probabilities.shape
-        device = probabilities.device
         partial = _partial_dtype(probabilities)
-        offsets = _pair_offsets(batch, classes, n_bins, device)
         # Voxel i adds w_l h_j + w_r h_{j+1} to sum_k (gw_k S_w + gwp_k S_wp + gwy_k S_wy), with
         # h_k = gw_k + p gwp_k + y gwy_k and dw_r/dp = -dw_l/dp = dt/dp inside the centres:
         # dL/dp_i = dt/dp (dgw + p dgwp + y dgwy) + gwp_j + f dgwp, where dg = g_{j+1} - g_j.
@@ -245,24 +248,114 @@ class _SoftBinSums(torch.autograd.Function):
             (_following(grad) - grad).to(partial)
             for grad in (grad_weight, grad_sum_wp, grad_sum_wy)
         )
-        tables = (
-            torch.complex(d_weight, d_wp).view(-1),
-            torch.complex(d_wy, grad_sum_wp.to(partial)).view(-1),
-        )
-        slope = n_bins / _bin_width_scale(n_bins)
-        grad = torch.empty(probabilities.shape, dtype=probabilities.dtype, device=device)
-        for start, stop in _chunks(n_voxels, batch * classes, device):
-            p = probabilities[:, :, start:stop].to(partial)
-            y = targets.chunk(start, stop, partial)
-            left, frac = _soft_position(p, n_bins)
-            key = (left + offsets).view(-1)
-            gw_gwp, gwy_wp = (table.index_select(0, key).view(p.shape) for table in tables)
-            inside = _inside_centres(p, n_bins)
-            value = torch.addcmul(gw_gwp.real, p, gw_gwp.imag)
-            value.addcmul_(y, gwy_wp.real).mul_(inside).mul_(slope)
-            value.add_(gwy_wp.imag).addcmul_(frac, gw_gwp.imag)
-            grad[:, :, start:stop] = value
-        return grad, None, None
+        tables = (d_weight, d_wp, d_wy, grad_sum_wp.to(partial))
+        if _compiled_soft_applies(probabilities.device):
+            grad = _soft_gradient_compiled(probabilities, targets, n_bins, tables)
+        else:
+            grad = _soft_gradient_torch(probabilities, targets, n_bins, tables)
+        return grad.to(probabilities.dtype), None, None
+
+
+_SumPairs = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+_GradientTables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _compiled_soft_applies(device: torch.device) -> bool:
+    return device.type in COMPILED_SOFT_DEVICES and numba_available()
+
+
+def _soft_sums_torch(
+    probabilities: torch.Tensor, targets: _Targets, n_bins: int, partial: torch.dtype
+) -> _SumPairs:
+    """(left, right) weight, weighted-p and weighted-y sums, flat (B * C * M), in torch."""
+    batch, classes, n_voxels = probabilities.shape
+    device = probabilities.device
+    n_keys = batch * classes * n_bins
+    offsets = _pair_offsets(batch, classes, n_bins, device)
+    weight, weighted_p, weighted_y = (_zero_pair(n_keys, device) for _ in range(3))
+    for start, stop in _chunks(n_voxels, batch * classes, device):
+        p = probabilities[:, :, start:stop].to(partial)
+        y = targets.chunk(start, stop, partial)
+        left, frac = _soft_position(p, n_bins)
+        key = (left + offsets).view(-1)
+        w_left = 1.0 - frac
+        _scatter_pair(weight, key, w_left, frac)
+        _scatter_pair(weighted_p, key, w_left * p, frac * p)
+        _scatter_pair(weighted_y, key, w_left * y, frac * y)
+    return weight, weighted_p, weighted_y
+
+
+def _soft_gradient_torch(
+    probabilities: torch.Tensor, targets: _Targets, n_bins: int, tables: _GradientTables
+) -> torch.Tensor:
+    """dL/dp from the per-bin tables (dgw, dgwp, dgwy, gwp), in torch."""
+    batch, classes, n_voxels = probabilities.shape
+    device = probabilities.device
+    partial = tables[0].dtype
+    offsets = _pair_offsets(batch, classes, n_bins, device)
+    d_weight, d_wp, d_wy, g_wp = tables
+    complex_tables = (
+        torch.complex(d_weight, d_wp).view(-1),
+        torch.complex(d_wy, g_wp).view(-1),
+    )
+    slope = n_bins / _bin_width_scale(n_bins)
+    grad = torch.empty(probabilities.shape, dtype=probabilities.dtype, device=device)
+    for start, stop in _chunks(n_voxels, batch * classes, device):
+        p = probabilities[:, :, start:stop].to(partial)
+        y = targets.chunk(start, stop, partial)
+        left, frac = _soft_position(p, n_bins)
+        key = (left + offsets).view(-1)
+        gw_gwp, gwy_wp = (table.index_select(0, key).view(p.shape) for table in complex_tables)
+        inside = _inside_centres(p, n_bins)
+        value = torch.addcmul(gw_gwp.real, p, gw_gwp.imag)
+        value.addcmul_(y, gwy_wp.real).mul_(inside).mul_(slope)
+        value.add_(gwy_wp.imag).addcmul_(frac, gw_gwp.imag)
+        grad[:, :, start:stop] = value
+    return grad
+
+
+def _compiled_chunks(probabilities: torch.Tensor) -> list[tuple[int, int]]:
+    batch, classes, n_voxels = probabilities.shape
+    step = max(256, COMPILED_CHUNK_VOXELS // max(batch * classes, 1))
+    return [(start, min(start + step, n_voxels)) for start in range(0, n_voxels, step)]
+
+
+def _soft_sums_compiled(
+    probabilities: torch.Tensor, targets: _Targets, n_bins: int, partial: torch.dtype
+) -> _SumPairs:
+    """:func:`_soft_sums_torch` by the compiled kernel: one read of each voxel."""
+    # Deferred: numba costs about 0.5 s to import, and only CPU soft losses need it.
+    from calibkit.losses import _soft_kernel
+
+    batch, classes, _ = probabilities.shape
+    totals = np.zeros((batch * classes, 6, n_bins), dtype=np.float64)
+    scale = n_bins / _bin_width_scale(n_bins)
+    for start, stop in _compiled_chunks(probabilities):
+        p = probabilities[:, :, start:stop].detach().to(partial)
+        y = targets.chunk(start, stop, partial).detach()
+        _soft_kernel.add_soft_sums(p.numpy(), y.numpy(), n_bins, scale, totals)
+    sums = torch.from_numpy(totals)
+    return tuple((sums[:, 2 * k], sums[:, 2 * k + 1]) for k in range(3))
+
+
+def _soft_gradient_compiled(
+    probabilities: torch.Tensor, targets: _Targets, n_bins: int, tables: _GradientTables
+) -> torch.Tensor:
+    """:func:`_soft_gradient_torch` by the compiled kernel: one pass over the voxels."""
+    # Deferred: numba costs about 0.5 s to import, and only CPU soft losses need it.
+    from calibkit.losses import _soft_kernel
+
+    batch, classes, _ = probabilities.shape
+    partial = tables[0].dtype
+    table = torch.stack(tables, dim=2).reshape(batch * classes, 4, n_bins).numpy()
+    scale = n_bins / _bin_width_scale(n_bins)
+    grad = torch.empty(probabilities.shape, dtype=partial)
+    for start, stop in _compiled_chunks(probabilities):
+        p = probabilities[:, :, start:stop].detach().to(partial)
+        y = targets.chunk(start, stop, partial).detach()
+        out = grad[:, :, start:stop].numpy()
+        _soft_kernel.soft_gradient(p.numpy(), y.numpy(), table, n_bins, scale, out)
+    return grad
 
 
 def _following(per_bin: torch.Tensor) -> torch.Tensor:
