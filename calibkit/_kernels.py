@@ -598,18 +598,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_HELPERS._reset)
 
 
-def _run_on_threads(call: Callable[[int, int], None], n_tasks: int) -> None:
+def _run_on_threads(
+    call: Callable[[int, int], None], n_tasks: int, n_threads: int | None = None
+) -> None:
     """``call(first_task, task_step)`` on numba's number of threads, tasks dealt in turn.
 
     ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``, :func:`numba.set_num_threads`)
-    sets the number, as it did for numba's parallel loops. Tasks are dealt like
+    sets the number, as it did for numba's parallel loops, unless ``n_threads`` is
+    given (the soft loss runs on torch's thread count). Tasks are dealt like
     cards (thread ``i`` takes ``i``, ``i + T``, ...), so that a run of cheap chunks
     (background) is shared too. Each task writes only its own sums: the result does
     not depend on the number of threads.
     """
     if n_tasks == 0:
         return
-    n_threads = min(numba.get_num_threads(), n_tasks)
+    n_threads = min(numba.get_num_threads() if n_threads is None else n_threads, n_tasks)
     if n_threads == 1:
         call(0, 1)
     else:

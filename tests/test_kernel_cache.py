@@ -250,3 +250,44 @@ def test_prebuild_compiles_every_version_the_wrappers_ask_for(rng: np.random.Gen
     _kernels.bin_rows(flat[:0][None], flat[:0][None] > 0.5, 20)  # no voxels: nothing to run
     _kernels.values_present(flat[:0].astype(np.int8), 4)
     assert {kernel: set(kernel.signatures) for kernel in _kernels._CACHED} == prebuilt
+
+
+SOFT_PROBE = """
+import sys
+from calibkit import _kernel_cache
+writable = _kernel_cache.writable
+_kernel_cache.writable = lambda folder: folder.name != "__pycache__" and writable(folder)
+from calibkit.losses import _soft_kernel
+_soft_kernel.compile_all()
+kernels = list(_soft_kernel._SIGNATURES)
+print(
+    kernels[0].stats.cache_path,
+    sum(sum(k.stats.cache_hits.values()) for k in kernels),
+    sum(sum(k.stats.cache_misses.values()) for k in kernels),
+)
+"""
+
+
+@pytest.mark.slow
+def test_soft_loss_kernels_cache_on_a_read_only_install(installed: Path) -> None:
+    """The soft loss's kernels use the same cache places: compiled once, then loaded."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME", "PYTHONPATH")
+    }
+    env.update(HOME=str(installed / "home"), PYTHONPATH=str(installed / "site"))
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", SOFT_PROBE],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=installed,
+            check=True,
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    versions = 5  # float32 and float64 of two kernels, and the block adder
+    assert runs[0][1:] == ["0", str(versions)] and runs[1][1:] == [str(versions), "0"]
+    assert Path(runs[0][0]).is_relative_to(installed / "home" / ".cache" / "calibkit")

@@ -20,7 +20,7 @@ def prebuild_cli(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    """Compile the binning kernels into numba's cache, once per install.
+    """Compile the binning kernels (and the soft loss's, with torch) once per install.
 
     Otherwise the first command that bins compiles what it needs (a few seconds,
     once). Run it as the user who installed calibkit: on a shared, read-only
@@ -32,6 +32,7 @@ def prebuild_cli(
 
         start = time.perf_counter()
         build = compile_kernels()
+        losses_built = _compile_loss_kernels()
         seconds = time.perf_counter() - start
         if build is not None and build.cache_dir is None:
             raise CalibkitError(
@@ -43,9 +44,22 @@ def prebuild_cli(
         if build is None:
             stdout.print("numba is not installed: the numpy kernels need no compiling")
             return
+        losses = "; the soft loss's kernels too" if losses_built else ""
         stdout.print(
             f"{build.compiled} kernel versions compiled, {build.loaded} already cached,"
-            f" in {seconds:.1f} s; cache: {build.cache_dir}",
+            f" in {seconds:.1f} s; cache: {build.cache_dir}{losses}",
             soft_wrap=True,
             markup=False,
         )
+
+
+def _compile_loss_kernels() -> bool:
+    """The soft loss's CPU kernels too, when torch is installed (training needs them)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    # Deferred: torch loads only here (and only when it is installed).
+    from calibkit.losses._bin_sums import compile_soft_kernels
+
+    return compile_soft_kernels()

@@ -260,6 +260,21 @@ _SumPairs = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 _GradientTables = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def compile_soft_kernels() -> bool:
+    """Compile the soft loss's CPU kernels into numba's cache (``calibkit prebuild``).
+
+    Returns:
+        Whether there was anything to compile (False without numba).
+    """
+    if not numba_available():
+        return False
+    # Deferred: numba costs about 0.5 s to import, and only CPU soft losses need it.
+    from calibkit.losses import _soft_kernel
+
+    _soft_kernel.compile_all()
+    return True
+
+
 def _compiled_soft_applies(device: torch.device) -> bool:
     return device.type in COMPILED_SOFT_DEVICES and numba_available()
 

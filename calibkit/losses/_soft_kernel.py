@@ -13,9 +13,12 @@ per-bin tables. Products of a weight and a value are formed and added in float64
 (exact for float32 factors), where the torch loop rounds them to float32 and sums
 chunks in float32 first.
 
-Both kernels are compiled for float32 and float64 (any strides) when this module is
-first imported, and numba caches them on disk: the first process after an install
-spends some seconds compiling, later ones load them.
+Both kernels are compiled for float32 and float64 (any strides) on first use
+(:func:`compile_all`, which ``calibkit prebuild`` runs at install time) and cached
+on disk where :mod:`calibkit._kernel_cache` says (a read-only install included):
+only the first process after an install compiles them. They run on
+:func:`calibkit._kernels._run_on_threads` (calibkit's helper threads, as the
+binning kernels do; no numba parallel launch), on torch's thread count.
 
 Determinism: each (image, class) row is cut into fixed blocks, each block is summed
 in order into its own accumulators, and the blocks are added in block order, so
@@ -24,8 +27,7 @@ the sums do not depend on how many threads ran.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -33,11 +35,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-# Importing it picks numba's threading layer (before any parallel kernel here is
-# compiled or run); its launch lock is shared with the binning kernels.
-from calibkit import _kernels
+# The helper threads and the cache of the binning kernels, shared.
+from calibkit import _kernel_cache, _kernels
 
-# Voxels per parallel task and per set of accumulators: a 96^3 row splits into enough
+# Voxels per task and per set of accumulators: a 96^3 row splits into enough
 # tasks for every thread, and the accumulators (6 x M float64) cost nothing.
 BLOCK = 1 << 14
 
@@ -58,7 +59,7 @@ def _constants(n_bins: int, scale: float, dtype: npt.DTypeLike) -> npt.NDArray[A
     return np.array([scale, 0.5, 1.0, 0.0, n_bins - 1, n_bins - 0.5], dtype=dtype)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=False, nogil=True, inline="always")
 def _position(  # pragma: no cover - compiled
     value: Any, constants: npt.NDArray[Any], top_left: int
 ) -> tuple[int, Any, bool]:
@@ -78,7 +79,7 @@ def _position(  # pragma: no cover - compiled
     return left, t - constants.dtype.type(left), inside
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=False, nogil=True)
 def _block_sums(  # pragma: no cover - compiled
     p: npt.NDArray[Any], y: npt.NDArray[Any], constants: npt.NDArray[Any], acc: npt.NDArray[Any]
 ) -> None:
@@ -106,52 +107,41 @@ def _block_sums(  # pragma: no cover - compiled
             acc[5, left] += w_right * y64
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=False, nogil=True)
 def _add_in_order(  # pragma: no cover - compiled
     block_sums: npt.NDArray[np.float64], n_blocks: int, totals: npt.NDArray[np.float64]
 ) -> None:
-    # A function of its own: array arithmetic inside a parallel=True function becomes
-    # a parallel launch of its own, one per block here.
+    """Add the block sums to their rows' totals, in block order (any thread count)."""
     for task in range(block_sums.shape[0]):
         totals[task // n_blocks] += block_sums[task]
 
 
-@numba.njit(
-    [
-        "void(f4[:, :, :], f4[:, :, :], f4[:], f8[:, :, :])",
-        "void(f8[:, :, :], f8[:, :, :], f8[:], f8[:, :, :])",
-    ],
-    cache=True,
-    nogil=True,
-    parallel=True,
-)
-def _add_soft_sums(  # pragma: no cover - compiled
+@numba.njit(cache=False, nogil=True)
+def _soft_sum_tasks(  # pragma: no cover - compiled
     p: npt.NDArray[Any],
     y: npt.NDArray[Any],
     constants: npt.NDArray[Any],
-    totals: npt.NDArray[np.float64],
+    block_sums: npt.NDArray[np.float64],
+    first: int,
+    step: int,
 ) -> None:
-    """Add the (B, C, S) voxels' left- and right-bin sums to ``totals`` (B * C, 6, M).
+    """Sum the (row, block) tasks ``first, first + step, ...`` of (B, C, S) ``p`` and ``y``.
 
-    ``totals[pair, :, k]`` holds, over the voxels whose left bin is k, the sums of
-    ``w_l, w_r, w_l p, w_r p, w_l y, w_r y`` with ``w_r`` the fraction and
-    ``w_l = 1 - w_r``. One parallel loop over every (row, block) pair; the block
-    sums are added in block order.
+    Task ``t`` adds, over the voxels of its block whose left bin is k, the sums of
+    ``w_l, w_r, w_l p, w_r p, w_l y, w_r y`` (``w_r`` the fraction, ``w_l = 1 - w_r``)
+    into ``block_sums[t, :, k]``; each task writes only its own accumulators.
     """
-    batch, classes, n_voxels = p.shape
+    _, classes, n_voxels = p.shape
     n_blocks = (n_voxels + BLOCK - 1) // BLOCK
-    n_tasks = batch * classes * n_blocks
-    block_sums = np.zeros((n_tasks, 6, totals.shape[2]), dtype=np.float64)
-    for task in numba.prange(n_tasks):
+    for task in range(first, block_sums.shape[0], step):
         pair = task // n_blocks
         b, c = pair // classes, pair % classes
         start = (task % n_blocks) * BLOCK
         stop = min(start + BLOCK, n_voxels)
         _block_sums(p[b, c, start:stop], y[b, c, start:stop], constants, block_sums[task])
-    _add_in_order(block_sums, n_blocks, totals)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=False, nogil=True)
 def _block_gradient(  # pragma: no cover - compiled
     p: npt.NDArray[Any],
     y: npt.NDArray[Any],
@@ -173,23 +163,17 @@ def _block_gradient(  # pragma: no cover - compiled
         grad[i] = out + fraction * d_wp
 
 
-@numba.njit(
-    [
-        "void(f4[:, :, :], f4[:, :, :], f4[:, :, :], f4[:], f4[:, :, :])",
-        "void(f8[:, :, :], f8[:, :, :], f8[:, :, :], f8[:], f8[:, :, :])",
-    ],
-    cache=True,
-    nogil=True,
-    parallel=True,
-)
-def _soft_gradient(  # pragma: no cover - compiled
+@numba.njit(cache=False, nogil=True)
+def _soft_gradient_tasks(  # pragma: no cover - compiled
     p: npt.NDArray[Any],
     y: npt.NDArray[Any],
     tables: npt.NDArray[Any],
     constants: npt.NDArray[Any],
     grad: npt.NDArray[Any],
+    first: int,
+    step: int,
 ) -> None:
-    """Write dL/dp of the (B, C, S) voxels into ``grad``.
+    """Write dL/dp of the (row, block) tasks ``first, first + step, ...`` into ``grad``.
 
     ``tables[pair]`` holds per left bin j: ``g_w[j+1] - g_w[j]``, the same for
     ``g_wp`` and ``g_wy``, and ``g_wp[j]`` (the upstream gradients of the three
@@ -198,7 +182,7 @@ def _soft_gradient(  # pragma: no cover - compiled
     """
     batch, classes, n_voxels = p.shape
     n_blocks = (n_voxels + BLOCK - 1) // BLOCK
-    for task in numba.prange(batch * classes * n_blocks):
+    for task in range(first, batch * classes * n_blocks, step):
         pair = task // n_blocks
         b, c = pair // classes, pair % classes
         start = (task % n_blocks) * BLOCK
@@ -220,9 +204,17 @@ def add_soft_sums(
     ``p`` and ``y`` share one dtype, float32 or float64; ``scale`` is
     ``M / (1 + eps)``.
     """
+    compile_all()
     constants = _constants(n_bins, scale, p.dtype)
-    with _launch(threads_like_torch()):
-        _add_soft_sums(p, y, constants, totals)
+    batch, classes, n_voxels = p.shape
+    n_blocks = (n_voxels + BLOCK - 1) // BLOCK
+    block_sums = np.zeros((batch * classes * n_blocks, 6, totals.shape[2]), dtype=np.float64)
+    _kernels._run_on_threads(
+        lambda first, step: _soft_sum_tasks(p, y, constants, block_sums, first, step),
+        block_sums.shape[0],
+        n_threads=threads_like_torch(),
+    )
+    _add_in_order(block_sums, n_blocks, totals)
 
 
 def soft_gradient(
@@ -237,9 +229,15 @@ def soft_gradient(
 
     All arrays share one dtype, float32 or float64.
     """
+    compile_all()
     constants = _constants(n_bins, scale, p.dtype)
-    with _launch(threads_like_torch()):
-        _soft_gradient(p, y, tables, constants, grad)
+    batch, classes, n_voxels = p.shape
+    n_tasks = batch * classes * ((n_voxels + BLOCK - 1) // BLOCK)
+    _kernels._run_on_threads(
+        lambda first, step: _soft_gradient_tasks(p, y, tables, constants, grad, first, step),
+        n_tasks,
+        n_threads=threads_like_torch(),
+    )
 
 
 def threads_like_torch() -> int:
@@ -248,13 +246,33 @@ def threads_like_torch() -> int:
     return max(1, min(torch.get_num_threads(), numba_threads))
 
 
-@contextmanager
-def _launch(threads: int) -> Iterator[None]:
-    """Hold the compiled kernels' launch lock and run on ``threads`` numba threads."""
-    with _kernels._LAUNCH_LOCK:
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(previous)
+# The versions the wrappers call: float32 or float64, any strides (torch slices).
+_SIGNATURES: dict[Any, tuple[str, ...]] = {
+    _soft_sum_tasks: (
+        "void(f4[:, :, :], f4[:, :, :], f4[:], f8[:, :, :], i8, i8)",
+        "void(f8[:, :, :], f8[:, :, :], f8[:], f8[:, :, :], i8, i8)",
+    ),
+    _soft_gradient_tasks: (
+        "void(f4[:, :, :], f4[:, :, :], f4[:, :, :], f4[:], f4[:, :, :], i8, i8)",
+        "void(f8[:, :, :], f8[:, :, :], f8[:, :, :], f8[:], f8[:, :, :], i8, i8)",
+    ),
+    _add_in_order: ("void(f8[:, :, :], i8, f8[:, :, :])",),
+}
+
+
+def compile_all() -> None:
+    """Compile (or load from the cache) every version the wrappers call, once per process.
+
+    ``calibkit prebuild`` calls it at install time, so that the first training
+    step does not compile. Afterwards the kernels take what they were compiled for
+    (a C-ordered array goes to the any-strides version): no new versions.
+    """
+    for kernel, signatures in _SIGNATURES.items():
+        if kernel.signatures:
+            continue
+        for signature in signatures:
+            kernel.compile(signature)
+        kernel.disable_compile()
+
+
+_kernel_cache.enable_caching(tuple(_SIGNATURES), Path(__file__))
