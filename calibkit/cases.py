@@ -30,6 +30,7 @@ from calibkit.binning import (
     class_binner,
     coded_channel_sum_error,
     coded_pass_applies,
+    compiled_kernel_applies,
     label_map_pass_applies,
 )
 from calibkit.classes import (
@@ -265,14 +266,16 @@ def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
     kernel; otherwise it is decoded and takes the float path. Both give the same
     numbers bit for bit.
     """
-    case = load_case(pair, options, keep_codes=True)
+    temperature = load_temperature(options.temperature) if options.temperature else None
+    # Codes are kept only where they may be binned: other paths read float32 as
+    # before (decoding costs more than the reader's own scaling).
+    case = load_case(pair, options, keep_codes=temperature is None and _codes_may_apply(options))
     if options.dice_mode == "argmax" and not case.plan.exclusive:
         raise InputError(
             pair.prediction,
             "--dice-mode argmax needs mutually exclusive channels (a softmax map); "
             "these channels are regions or a single foreground",
         )
-    temperature = load_temperature(options.temperature) if options.temperature else None
     checks_sum = case.plan.exclusive and options.input_kind == "probabilities"
     if temperature is None and _coded_pass_applies(case, options):
         stats, overlap, problem = coded_case_statistics(case, options, check_sum=checks_sum)
@@ -483,12 +486,20 @@ def _label_map_results(results: list[LabelMapBins]) -> tuple[BinStats, OverlapCo
     return BinStats.stack([r.stats for r in results]), overlap
 
 
+def _codes_may_apply(options: EvaluationOptions) -> bool:
+    """Whether these options let a map stored as codes be binned from them."""
+    return (
+        options.input_kind == "probabilities"
+        and options.dice_mode == "threshold"
+        and compiled_kernel_applies(options.n_bins, options.backend, options.device)
+    )
+
+
 def _coded_pass_applies(case: LoadedCase, options: EvaluationOptions) -> bool:
     """Whether a case's prediction is kept as codes and can be binned from them."""
     return (
         case.prediction.code_values is not None
-        and options.input_kind == "probabilities"
-        and options.dice_mode == "threshold"
+        and _codes_may_apply(options)
         and coded_pass_applies(
             case.prediction.array, case.label.array, options.n_bins, options.backend, options.device
         )
