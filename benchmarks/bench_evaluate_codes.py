@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> str:
     report = "\n".join(
         [
             f"`calibkit evaluate --preset brats --workers 1` over {args.cases} cases of "
-            "4x240x240x155 uint8 maps (scl_slope 1/255, .nii.gz); each row a fresh Python "
-            f"process; best of {args.rounds} interleaved rounds.",
+            "4x240x240x155 uint8 maps (scl_slope 1/255, .nii.gz); each row but the "
+            "in-process ones a fresh Python process; best of "
+            f"{args.rounds} interleaved rounds.",
             "",
             "| step | seconds | per case | × nibabel read (scaled) |",
             "|---|---:|---:|---:|",
