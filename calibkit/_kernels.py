@@ -311,6 +311,108 @@ def _bin_binary_tasks(  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True)
+def _class_values(  # pragma: no cover - compiled
+    codes: npt.NDArray[np.unsignedinteger],
+    code_rows: tuple[int, int],
+    channels: npt.NDArray[np.int64],
+    code_values: npt.NDArray[np.float32],
+    start: int,
+    stop: int,
+    out: npt.NDArray[np.float32],
+) -> None:
+    """A class's float32 probabilities of voxels ``start:stop`` from stored codes, into ``out``.
+
+    As :func:`calibkit.classes.class_probability` computes them from the decoded
+    map: the value of the first channel's code, plus each further channel's in
+    order (float32 additions), clipped to 1 when there are several.
+    """
+    size = stop - start
+    at = code_rows[0] + channels[0] * code_rows[1] + start
+    for j in range(size):
+        out[j] = code_values[codes[at + j]]
+    if channels.size > 1:
+        for k in range(1, channels.size):
+            at = code_rows[0] + channels[k] * code_rows[1] + start
+            for j in range(size):
+                out[j] = out[j] + code_values[codes[at + j]]
+        for j in range(size):
+            out[j] = min(out[j], np.float32(1.0))
+
+
+@numba.njit(nogil=True)
+def _bin_coded_tasks(  # pragma: no cover - compiled
+    codes: npt.NDArray[np.unsignedinteger],
+    code_rows: tuple[int, int],
+    channels: npt.NDArray[np.int64],
+    code_values: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.unsignedinteger],
+    n: int,
+    chunk: int,
+    target_bits: np.uint64,
+    edges: npt.NDArray[np.float32],
+    margin: np.float32,
+    threshold: np.float32,
+    first_task: int,
+    task_step: int,
+    chunk_counts: npt.NDArray[np.int64],
+    chunk_sums: npt.NDArray[np.float64],
+) -> None:
+    """:func:`_bin_tasks` of one class whose probabilities come from stored codes.
+
+    Each chunk of probabilities is made from the codes in a small buffer
+    (:func:`_class_values`, it stays in the cache) and binned as the float map's
+    chunk is: the same values in the same chunks, hence the same bins bit for bit,
+    without a float32 copy of the volume.
+    """
+    p = np.empty(chunk, dtype=np.float32)
+    for task in range(first_task, chunk_counts.shape[0], task_step):
+        start = task * chunk
+        stop = min(start + chunk, n)
+        _class_values(codes, code_rows, channels, code_values, start, stop, p)
+        _bin_chunk(
+            p[: stop - start],
+            labels[start:stop],
+            target_bits,
+            edges,
+            margin,
+            threshold,
+            chunk_counts[task],
+            chunk_sums[task],
+        )
+
+
+@numba.njit(nogil=True)
+def _coded_sum_errors(  # pragma: no cover - compiled
+    codes: npt.NDArray[np.unsignedinteger],
+    code_rows: tuple[int, int],
+    n_channels: int,
+    code_values: npt.NDArray[np.float32],
+    n: int,
+    chunk: int,
+    first_task: int,
+    task_step: int,
+    worst: npt.NDArray[np.float32],
+) -> None:
+    """Largest ``|sum of the channels' values - 1|`` of each chunk, summed in float32 in
+    channel order (as ``numpy.sum(axis=0, dtype=float32)`` adds a channel-first map)."""
+    total = np.empty(chunk, dtype=np.float32)
+    for task in range(first_task, worst.size, task_step):
+        start = task * chunk
+        size = min(start + chunk, n) - start
+        at = code_rows[0] + start
+        for j in range(size):
+            total[j] = code_values[codes[at + j]]
+        for c in range(1, n_channels):
+            at = code_rows[0] + c * code_rows[1] + start
+            for j in range(size):
+                total[j] = total[j] + code_values[codes[at + j]]
+        largest = np.float32(0.0)
+        for j in range(size):
+            largest = max(largest, abs(total[j] - np.float32(1.0)))
+        worst[task] = largest
+
+
+@numba.njit(nogil=True)
 def _row_totals(  # pragma: no cover - compiled
     chunk_counts: npt.NDArray[np.int64], chunk_sums: npt.NDArray[np.float64], n_rows: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
@@ -493,6 +595,92 @@ def bin_binary_rows(
     return [
         _row_result(count, total, n_bins) for count, total in zip(key_counts, key_sums, strict=True)
     ]
+
+
+def bin_coded_class(
+    codes: npt.NDArray[np.unsignedinteger],
+    code_values: npt.NDArray[np.float32],
+    channels: tuple[int, ...],
+    labels: npt.NDArray[np.integer],
+    n_bins: int,
+    *,
+    target_labels: tuple[int, ...],
+    threshold: float = np.inf,
+) -> KernelResult:
+    """Bins of one class of a map stored as codes, against a label map, in one pass.
+
+    ``codes`` is ``(channels, voxels)`` (uint8 / uint16 rows, as :func:`bin_rows`
+    takes rows), ``code_values[k]`` the float32 probability of code ``k`` and
+    ``labels`` the flat label map (values in ``[0, 64)``, in the rows' voxel order).
+    The class's probability is the value of its one channel, or the sum of its
+    channels' values clipped to 1 (:func:`calibkit.classes.class_probability`). The
+    result equals :func:`bin_flat` of those float32 probabilities bit for bit.
+    """
+    if not supports(n_bins):
+        raise ValueError(f"the compiled kernel supports up to about 400,000 bins, got {n_bins}")
+    if labels.size and (labels.min() < 0 or labels.max() >= TARGET_BITS):
+        raise ValueError(f"label values must lie in [0, {TARGET_BITS}) for the compiled kernel")
+    if code_values.size < 1 << (8 * codes.itemsize):
+        raise ValueError(f"{code_values.size} code values cannot cover {codes.dtype} codes")
+    bits = sum(1 << value for value in set(target_labels) if 0 <= value < TARGET_BITS)
+    flat_codes, code_rows = _flat_rows(codes)
+    flat_labels, _ = _flat_rows(_unsigned(labels).reshape(1, -1))
+    n = codes.shape[1]
+    chunk = chunk_for(n_bins)
+    n_tasks = (n + chunk - 1) // chunk
+    chunk_counts = np.zeros((n_tasks, 4 * n_bins), dtype=np.int64)
+    chunk_sums = np.zeros((n_tasks, 4 * n_bins), dtype=np.float64)
+    edges, margin = bin_edges(n_bins), edge_margin(n_bins)
+    chosen = np.asarray(channels, dtype=np.int64)
+    values = np.ascontiguousarray(code_values, dtype=np.float32)
+
+    def run(first_task: int, task_step: int) -> None:
+        _bin_coded_tasks(
+            flat_codes,
+            code_rows,
+            chosen,
+            values,
+            flat_labels,
+            n,
+            chunk,
+            np.uint64(bits),
+            edges,
+            margin,
+            np.float32(threshold),
+            first_task,
+            task_step,
+            chunk_counts,
+            chunk_sums,
+        )
+
+    _run_on_threads(run, n_tasks)
+    key_counts, key_sums = _row_totals(chunk_counts, chunk_sums, 1)
+    return _row_result(key_counts[0], key_sums[0], n_bins)
+
+
+def coded_sum_error(
+    codes: npt.NDArray[np.unsignedinteger], code_values: npt.NDArray[np.float32]
+) -> float:
+    """Largest ``|sum over channels - 1|`` of a map stored as codes ``(channels, voxels)``.
+
+    The channel values are added in float32 in channel order, as numpy's float32 sum
+    over the channel axis of the decoded map adds them.
+    """
+    n_channels, n = codes.shape
+    if n_channels == 0 or n == 0:
+        return 0.0
+    flat_codes, code_rows = _flat_rows(codes)
+    values = np.ascontiguousarray(code_values, dtype=np.float32)
+    n_tasks = (n + KERNEL_CHUNK - 1) // KERNEL_CHUNK
+    worst = np.zeros(n_tasks, dtype=np.float32)
+
+    def run(first_task: int, task_step: int) -> None:
+        _coded_sum_errors(
+            flat_codes, code_rows, n_channels, values, n, KERNEL_CHUNK, first_task, task_step, worst
+        )
+
+    _run_on_threads(run, n_tasks)
+    return float(worst.max())
 
 
 def _unsigned(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -688,6 +876,8 @@ def values_present(codes: npt.NDArray[np.integer], size: int) -> npt.NDArray[np.
 # these unsigned ones): the versions compile_all compiles.
 CODE_DTYPES: tuple[type[np.generic], ...] = (np.uint8, np.uint16, np.uint32, np.uint64)
 VALUE_DTYPES: tuple[type[np.generic], ...] = (*CODE_DTYPES, np.float32, np.float64)
+# Storage of probability maps kept as codes (calibkit.io.volumes.Volume.code_values).
+STORED_CODE_DTYPES: tuple[type[np.generic], ...] = (np.uint8, np.uint16)
 
 
 @dataclass(frozen=True)
@@ -719,6 +909,12 @@ def compile_all() -> KernelBuild:
         values_present(labels, 1)
     for dtype in VALUE_DTYPES:
         bin_binary_rows(p, np.zeros((1, 1), dtype), 20)
+    for code_dtype in STORED_CODE_DTYPES:
+        codes = np.zeros((1, 1), code_dtype)
+        code_values = np.zeros(1 << (8 * codes.itemsize), np.float32)
+        coded_sum_error(codes, code_values)
+        for dtype in CODE_DTYPES:
+            bin_coded_class(codes, code_values, (0,), np.zeros(1, dtype), 20, target_labels=(1,))
     after = _cache_counts()
     cache_dir = _bin_tasks.stats.cache_path
     return KernelBuild(
@@ -747,5 +943,8 @@ _CACHED = (
     _bin_binary_tasks,
     _row_totals,
     _values_present,
+    _class_values,
+    _bin_coded_tasks,
+    _coded_sum_errors,
 )
 _kernel_cache.enable_caching(_CACHED, Path(__file__))

@@ -55,10 +55,13 @@ __all__ = [
     "Kernel",
     "LabelMapBins",
     "assign_bins",
+    "bin_codes_with_label_map",
     "bin_edges",
     "bin_statistics",
     "bin_with_label_map",
     "class_binner",
+    "coded_channel_sum_error",
+    "coded_pass_applies",
     "compile_kernels",
     "compiled_kernel_applies",
     "dense_values",
@@ -332,9 +335,13 @@ def label_map_pass_applies(
     float32 probabilities and a native-order integer label map with values in
     ``[0, 64)`` (each class's targets come from a bit mask of its label values).
     """
+    return probabilities.dtype == np.float32 and _label_map_fits(label, n_bins, backend, device)
+
+
+def _label_map_fits(label: npt.NDArray[Any], n_bins: int, backend: str, device: str | None) -> bool:
+    """A native-order integer label map with values in ``[0, 64)``, and the compiled kernel."""
     if (
-        probabilities.dtype != np.float32
-        or label.dtype.kind not in "iu"
+        label.dtype.kind not in "iu"
         or not label.dtype.isnative
         or label.size == 0
         or not compiled_kernel_applies(n_bins, backend, device)
@@ -344,6 +351,35 @@ def label_map_pass_applies(
     from calibkit._kernels import TARGET_BITS
 
     return 0 <= int(label.min()) and int(label.max()) < TARGET_BITS
+
+
+def coded_pass_applies(
+    codes: npt.NDArray[Any],
+    label: npt.NDArray[Any],
+    n_bins: int = DEFAULT_N_BINS,
+    backend: str = "auto",
+    device: str | None = None,
+) -> bool:
+    """Whether :func:`bin_codes_with_label_map` can bin a map stored as codes ``(C, *spatial)``.
+
+    What :func:`label_map_pass_applies` needs of the label map (``(*spatial)``, or a
+    multi-label ``(L, *spatial)``), uint8 / uint16 codes, and one voxel order in
+    memory (C or Fortran) for every channel of the codes and of the label.
+    """
+    if codes.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)) or codes.ndim < 2:
+        return False
+    label_maps = list(label) if label.ndim == codes.ndim else [label]
+    if _voxel_order([*codes, *label_maps]) is None:
+        return False
+    return _label_map_fits(label, n_bins, backend, device)
+
+
+def _voxel_order(volumes: list[npt.NDArray[Any]]) -> Literal["C", "F"] | None:
+    """The memory order every volume is contiguous in ("F" first: NIfTI's), or None."""
+    for order, flag in (("F", "f_contiguous"), ("C", "c_contiguous")):
+        if all(getattr(volume.flags, flag) for volume in volumes):
+            return order  # type: ignore[return-value]
+    return None
 
 
 @dataclass(frozen=True)
@@ -391,6 +427,75 @@ def bin_with_label_map(
         predicted=result.predicted,
         intersection=result.intersection,
     )
+
+
+def bin_codes_with_label_map(
+    codes: npt.NDArray[np.unsignedinteger],
+    code_values: npt.NDArray[np.float32],
+    channels: tuple[int, ...],
+    label: npt.NDArray[np.integer],
+    n_bins: int,
+    *,
+    target_labels: tuple[int, ...],
+    threshold: float,
+) -> LabelMapBins:
+    """:func:`bin_with_label_map` of one class of a map stored as codes, without decoding it.
+
+    ``codes`` ``(C, *spatial)`` holds uint8 / uint16 codes and ``code_values[k]`` the
+    float32 probability of code ``k``; the class's probability is its one channel's
+    value or its channels' values summed and clipped to 1, as
+    :func:`calibkit.classes.class_probability` makes it from the decoded map. Each
+    chunk of probabilities is made from the codes in a buffer the size of the cache,
+    so no float32 copy of the volume exists. Use where :func:`coded_pass_applies`
+    holds; the result equals :func:`bin_with_label_map` of the decoded class map bit
+    for bit (counts, sums and Dice counts).
+    """
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit._kernels import bin_coded_class
+
+    rows, flat_label = _code_rows(codes, label)
+    result = bin_coded_class(
+        rows,
+        code_values,
+        channels,
+        flat_label,
+        n_bins,
+        target_labels=target_labels,
+        threshold=threshold,
+    )
+    return LabelMapBins(
+        stats=BinStats(result.count, result.sum_p, result.sum_y),
+        predicted=result.predicted,
+        intersection=result.intersection,
+    )
+
+
+def coded_channel_sum_error(
+    codes: npt.NDArray[np.unsignedinteger], code_values: npt.NDArray[np.float32]
+) -> float:
+    """Largest ``|sum of the channels - 1|`` over the voxels of a map stored as codes.
+
+    The channels' float32 values are added in channel order, as numpy's float32
+    ``sum(axis=0)`` of the decoded ``(C, *spatial)`` map adds them. Where
+    :func:`coded_pass_applies` holds.
+    """
+    # Deferred: numba costs ~0.5 s to import
+    from calibkit._kernels import coded_sum_error
+
+    rows, _ = _code_rows(codes, codes[0])
+    return coded_sum_error(rows, code_values)
+
+
+def _code_rows(
+    codes: npt.NDArray[Any], label: npt.NDArray[Any]
+) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """The channels of ``codes`` as rows ``(C, voxels)`` and the flat label, in one voxel order."""
+    order = _voxel_order([*codes, label]) or "C"
+    flat = [channel.ravel(order=order) for channel in codes]
+    rows = _as_rows(flat)
+    if rows is None:  # channels in separate buffers: one copy of the (small) codes
+        rows = np.stack(flat)
+    return rows, label.ravel(order=order)
 
 
 def _cuda_may_exist() -> bool:

@@ -15,14 +15,24 @@ Every workflow goes through here: ``evaluate`` (locally or through an executor),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from calibkit.binning import BinStats, bin_with_label_map, class_binner, label_map_pass_applies
+from calibkit.binning import (
+    BinStats,
+    LabelMapBins,
+    bin_codes_with_label_map,
+    bin_with_label_map,
+    class_binner,
+    coded_channel_sum_error,
+    coded_pass_applies,
+    compiled_kernel_applies,
+    label_map_pass_applies,
+)
 from calibkit.classes import (
     ClassPlan,
     class_label_map,
@@ -37,6 +47,7 @@ from calibkit.io.temperature import load_temperature
 from calibkit.io.volumes import (
     Volume,
     check_geometry,
+    decode_prediction,
     multi_label_channels,
     read_label,
     read_prediction,
@@ -55,6 +66,7 @@ __all__ = [
     "case_statistics",
     "choose_activation",
     "class_plan",
+    "coded_case_statistics",
     "evaluate_case",
     "load_case",
     "softmax_sum_problem",
@@ -170,15 +182,21 @@ def choose_activation(
     return "softmax"
 
 
-def load_case(pair: CasePair, options: EvaluationOptions) -> LoadedCase:
+def load_case(
+    pair: CasePair, options: EvaluationOptions, *, keep_codes: bool = False
+) -> LoadedCase:
     """Read one case and check it: geometry, class plan, label values.
+
+    ``keep_codes``: keep a prediction stored as uint8 / uint16 codes as codes
+    (:func:`calibkit.io.volumes.read_prediction`); :func:`case_probabilities`
+    decodes them when needed.
 
     Raises:
         InputError: the files cannot be read, do not lie on one grid (unless
             ``options.ignore_geometry``), do not fit the class options, or hold label
             values no class accounts for.
     """
-    prediction = read_prediction(pair.prediction)
+    prediction = read_prediction(pair.prediction, keep_codes=keep_codes)
     label = read_label(pair.label)
     notes: list[str] = [prediction.note] if prediction.note else []
     geometry_problem = check_geometry(prediction, label)
@@ -215,9 +233,10 @@ def case_probabilities(
 ) -> npt.NDArray[np.float32]:
     """Class probabilities ``(C, *spatial)`` of a loaded case, as ``calibkit evaluate`` reads them.
 
-    The prediction's array may be modified in place (clipping, activation).
+    The prediction's array may be modified in place (clipping, activation). A
+    prediction kept as codes is decoded first.
     """
-    prediction, path = case.prediction, case.pair.prediction
+    prediction, path = decode_prediction(case.prediction), case.pair.prediction
     if temperature is not None:
         return calibrated_probabilities(
             prediction.array,
@@ -239,24 +258,36 @@ def case_probabilities(
 
 
 def evaluate_case(pair: CasePair, options: EvaluationOptions) -> CaseResult:
-    """Read one case and compute its per-class bin statistics and overlap counts."""
-    case = load_case(pair, options)
+    """Read one case and compute its per-class bin statistics and overlap counts.
+
+    A prediction stored as uint8 / uint16 codes is binned from its codes
+    (:func:`coded_case_statistics`) when nothing needs its float values: no
+    temperature, probabilities (not logits), threshold Dice and the compiled
+    kernel; otherwise it is decoded and takes the float path. Both give the same
+    numbers bit for bit.
+    """
+    temperature = load_temperature(options.temperature) if options.temperature else None
+    # Codes are kept only where they may be binned: other paths read float32 as
+    # before (decoding costs more than the reader's own scaling).
+    case = load_case(pair, options, keep_codes=temperature is None and _codes_may_apply(options))
     if options.dice_mode == "argmax" and not case.plan.exclusive:
         raise InputError(
             pair.prediction,
             "--dice-mode argmax needs mutually exclusive channels (a softmax map); "
             "these channels are regions or a single foreground",
         )
-    temperature = load_temperature(options.temperature) if options.temperature else None
-    probabilities = case_probabilities(case, options, temperature)
+    checks_sum = case.plan.exclusive and options.input_kind == "probabilities"
+    if temperature is None and _coded_pass_applies(case, options):
+        stats, overlap, problem = coded_case_statistics(case, options, check_sum=checks_sum)
+    else:
+        probabilities = case_probabilities(case, options, temperature)
+        problem = softmax_sum_problem(probabilities) if checks_sum else None
+        stats, overlap = case_statistics(probabilities, case.label.array, case.plan, options)
     notes = list(case.notes)
-    if case.plan.exclusive and options.input_kind == "probabilities":
-        problem = softmax_sum_problem(probabilities)
-        if problem is not None:
-            if options.strict:
-                raise InputError(pair.prediction, problem + " (--strict)")
-            notes.append(f"{pair.prediction}: {problem} (--strict makes this an error)")
-    stats, overlap = case_statistics(probabilities, case.label.array, case.plan, options)
+    if problem is not None:
+        if options.strict:
+            raise InputError(pair.prediction, problem + " (--strict)")
+        notes.append(f"{pair.prediction}: {problem} (--strict makes this an error)")
     return CaseResult(
         case_id=pair.case_id,
         source=pair.prediction,
@@ -442,12 +473,86 @@ def _one_pass_case_statistics(
         )
         for spec in plan.classes
     ]
+    return _label_map_results(results)
+
+
+def _label_map_results(results: list[LabelMapBins]) -> tuple[BinStats, OverlapCounts]:
+    """The bins and Dice counts of a case's classes, each binned against its label map."""
     overlap = OverlapCounts(
         intersection=np.array([r.intersection for r in results], dtype=np.int64),
         predicted=np.array([r.predicted for r in results], dtype=np.int64),
         truth=np.array([int(r.stats.sum_y.sum()) for r in results], dtype=np.int64),
     )
     return BinStats.stack([r.stats for r in results]), overlap
+
+
+def _codes_may_apply(options: EvaluationOptions) -> bool:
+    """Whether these options let a map stored as codes be binned from them."""
+    return (
+        options.input_kind == "probabilities"
+        and options.dice_mode == "threshold"
+        and compiled_kernel_applies(options.n_bins, options.backend, options.device)
+    )
+
+
+def _coded_pass_applies(case: LoadedCase, options: EvaluationOptions) -> bool:
+    """Whether a case's prediction is kept as codes and can be binned from them."""
+    return (
+        case.prediction.code_values is not None
+        and _codes_may_apply(options)
+        and coded_pass_applies(
+            case.prediction.array, case.label.array, options.n_bins, options.backend, options.device
+        )
+    )
+
+
+def coded_case_statistics(
+    case: LoadedCase, options: EvaluationOptions, *, check_sum: bool = False
+) -> tuple[BinStats, OverlapCounts, str | None]:
+    """:func:`case_statistics` of a prediction kept as codes, read from the codes.
+
+    The values of the codes (``Volume.code_values``) are checked and clipped as
+    :func:`to_probabilities` checks and clips the decoded map; each class is then
+    binned from the codes (:func:`calibkit.binning.bin_codes_with_label_map`): no
+    float32 copy of the volume is made. With ``check_sum``, the third item is
+    :func:`softmax_sum_problem` of the decoded map (the map is decoded only to
+    describe a problem found).
+
+    Returns:
+        The bins, the Dice counts, and the softmax-sum problem or None.
+
+    Raises:
+        InputError: values outside [0, 1] beyond the tolerance.
+    """
+    prediction = case.prediction
+    if prediction.code_values is None:
+        raise CalibkitError("coded_case_statistics needs a prediction kept as codes")
+    code_values = to_probabilities(
+        prediction.code_values.copy(),
+        options,
+        case.pair.prediction,
+        prediction.value_range,
+        unscaled_integers=prediction.unscaled_integers,
+        plan=case.plan,
+    )
+    codes, label = prediction.array, case.label.array
+    problem = None
+    if check_sum and coded_channel_sum_error(codes, code_values) > SOFTMAX_SUM_TOLERANCE:
+        decoded = decode_prediction(replace(prediction, code_values=code_values))
+        problem = softmax_sum_problem(decoded.array)
+    results = [
+        bin_codes_with_label_map(
+            codes,
+            code_values,
+            spec.channels,
+            class_label_map(label, spec),
+            options.n_bins,
+            target_labels=spec.labels,
+            threshold=options.dice_threshold,
+        )
+        for spec in case.plan.classes
+    ]
+    return (*_label_map_results(results), problem)
 
 
 def calibrated_probabilities(

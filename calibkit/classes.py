@@ -477,11 +477,15 @@ def _plan_from_classes(n_channels: int, classes: list[int], include_background: 
 def class_probability(
     probabilities: npt.NDArray[np.float32], spec: ClassSpec
 ) -> npt.NDArray[np.float32]:
-    """Probability map of one class from channel-first probabilities ``(C, *spatial)``."""
+    """Probability map of one class from channel-first probabilities ``(C, *spatial)``.
+
+    A sum of channels keeps their memory order (a NIfTI map's Fortran order), so
+    that it is binned in the order of its label map, without copying the label.
+    """
     first: npt.NDArray[np.float32] = probabilities[spec.channels[0]]
     if len(spec.channels) == 1:
         return first
-    total = first.copy()
+    total = first.copy(order="K")
     for channel in spec.channels[1:]:
         total += probabilities[channel]
     np.minimum(total, np.float32(1.0), out=total)

@@ -49,10 +49,15 @@ def _quiet_nibabel() -> Iterator[None]:
         logger.disabled = disabled
 
 
-def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """The channel-first float32 array, the affine, and :func:`_unscaled_integers`.
+def _read_nifti_prediction(
+    path: Path, *, keep_codes: bool = False
+) -> tuple[np.ndarray, np.ndarray, str | None, np.ndarray | None]:
+    """The channel-first array, the affine, :func:`_unscaled_integers`, and the code values.
 
-    A 2-D image ``(x, y)`` is one channel on one slice, ``(1, x, y, 1)``.
+    The array is float32, or with ``keep_codes`` and uint8 / uint16 storage the stored
+    codes themselves, whose values :func:`_code_values` gives (the fourth item; None
+    for a float32 array). A 2-D image ``(x, y)`` is one channel on one slice,
+    ``(1, x, y, 1)``.
     """
     img = _load_nifti(path)
     shape = tuple(int(n) for n in img.shape)
@@ -76,7 +81,7 @@ def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | No
         if ndim > 3 and stored.itemsize > 4:
             # float64 / int64 storage: read one channel at a time so that no
             # float64 copy of the whole volume exists at once.
-            channels = shape[-1]
+            channels, code_values = shape[-1], None
             data = np.empty((*shape[:3], channels), dtype=np.float32, order="F")
             lead = (slice(None),) * 3 + ((0,) if ndim == 5 else ())
             for c in range(channels):
@@ -85,13 +90,49 @@ def _read_nifti_prediction(path: Path) -> tuple[np.ndarray, np.ndarray, str | No
             # Not get_fdata(dtype=float32): nibabel keeps the slope as a Python float,
             # so with numpy 2 it scales uint8 data through a float64 copy of the volume.
             raw = np.asarray(img.dataobj.get_unscaled())
-            data = _scale_to_float32(raw, float(img.dataobj.slope), float(img.dataobj.inter))
+            slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+            if keep_codes and raw.dtype in _CODE_DTYPES:
+                code_values = _code_values(raw.dtype, slope, inter)
+                data = raw
+            else:
+                code_values = None
+                data = _scale_to_float32(raw, slope, inter)
             if ndim == 5:
                 data = data[:, :, :, 0, :]
     if ndim == 2:  # a 2-D image: one slice
         data = data[:, :, np.newaxis]
     array = data[np.newaxis] if ndim <= 3 else np.moveaxis(data, -1, 0)
-    return array, np.asarray(img.affine, dtype=np.float64), _unscaled_integers(img, stored)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    return array, affine, _unscaled_integers(img, stored), code_values
+
+
+# Storage whose values binning can read from a table of every code (256 or 65,536);
+# native byte order only (a dtype of the other order compares unequal).
+_CODE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+def _code_values(stored: np.dtype[Any], slope: float, inter: float) -> np.ndarray:
+    """The float32 value of every code of 8- or 16-bit unsigned storage.
+
+    Scaled by :func:`_scale_to_float32` itself, so code ``k`` reads as the float
+    path reads a voxel holding ``k``, bit for bit.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        codes = np.arange(1 << (8 * stored.itemsize), dtype=stored)
+        return _scale_to_float32(codes, slope, inter)
+
+
+def _decode_codes(codes: np.ndarray, code_values: np.ndarray) -> np.ndarray:
+    """The float32 array of stored codes: what the float path reads, in the same memory layout.
+
+    The lookup runs over the axes in memory order (numpy's ``take`` into a strided
+    output is some 50 times slower) and its result is transposed back.
+    """
+    order = np.argsort([-stride for stride in codes.strides], kind="stable")
+    in_memory_order = codes.transpose(order)
+    values = np.empty(in_memory_order.shape, dtype=np.float32)
+    np.take(code_values, in_memory_order, out=values, mode="clip")  # "clip": unbuffered
+    return values.transpose(np.argsort(order))
 
 
 def _scale_to_float32(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:

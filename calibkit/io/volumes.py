@@ -24,7 +24,7 @@ failure as one line) and ``io.writing`` (``write_prediction``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from calibkit.io.formats import (
     _check_file,
     split_suffix,
 )
-from calibkit.io.nifti import _load_nifti, _read_nifti_prediction
+from calibkit.io.nifti import _decode_codes, _load_nifti, _read_nifti_prediction
 from calibkit.io.npz import _read_npz_prediction
 from calibkit.io.raster import _read_raster_label, _read_raster_prediction
 from calibkit.io.read_errors import _read_errors
@@ -55,6 +55,7 @@ __all__ = [
     "SITK_SUFFIXES",
     "Volume",
     "check_geometry",
+    "decode_prediction",
     "multi_label_channels",
     "read_label",
     "read_prediction",
@@ -82,6 +83,11 @@ class Volume:
             other formats and labels.
         note: a warning about how the values were read (an 8-bit PNG / TIFF map that
             holds only the codes 0 and 1, which reads as probabilities 0 and 1/255).
+        code_values: None, except for a prediction read with ``keep_codes=True``
+            from uint8 / uint16 NIfTI storage: then ``array`` holds the stored codes
+            (uint8 / uint16, ``(C, x, y, z)``) and the value of code ``k`` is the
+            float32 ``code_values[k]`` (scale factors applied; 256 or 65,536
+            entries). :func:`decode_prediction` gives the float32 Volume.
     """
 
     array: np.ndarray
@@ -90,9 +96,10 @@ class Volume:
     value_range: tuple[float, float] | None = None
     unscaled_integers: str | None = None
     note: str | None = None
+    code_values: np.ndarray | None = None
 
 
-def read_prediction(path: Path | str) -> Volume:
+def read_prediction(path: Path | str, *, keep_codes: bool = False) -> Volume:
     """Read a probability (or logit) map as channel-first float32.
 
     NIfTI: 2-D ``(x, y)`` and 3-D ``(x, y, z)`` are one channel, 4-D ``(x, y, z, C)``,
@@ -105,10 +112,14 @@ def read_prediction(path: Path | str) -> Volume:
 
     Args:
         path: the prediction file.
+        keep_codes: keep a NIfTI map stored as uint8 / uint16 as its codes and their
+            values (``Volume.code_values``) instead of a float32 array: a quarter
+            (or half) of the memory, and binning reads the codes directly
+            (:mod:`calibkit.cases`). Other files are read as float32 as usual.
 
     Returns:
         A Volume whose array is float32 ``(C, x, y, z)`` (a view; not necessarily
-        C-contiguous).
+        C-contiguous), or codes with ``code_values`` (see ``keep_codes``).
 
     Raises:
         InputError: the file is missing, unreadable, has an unsupported layout or
@@ -116,16 +127,21 @@ def read_prediction(path: Path | str) -> Volume:
     """
     path = Path(path)
     suffix = _check_file(path, PREDICTION_SUFFIXES)
-    unscaled_integers = None
+    unscaled_integers = code_values = None
     if suffix in NIFTI_SUFFIXES:
-        array, affine, unscaled_integers = _read_nifti_prediction(path)
+        array, affine, unscaled_integers, code_values = _read_nifti_prediction(
+            path, keep_codes=keep_codes
+        )
     elif suffix == ".npz":
         array, affine = _read_npz_prediction(path), None
     elif suffix in RASTER_SUFFIXES:
         array, affine = _read_raster_prediction(path)
     else:
         array, affine = _read_sitk_prediction(path)
-    value_range = _check_finite(array, path)
+    if code_values is None:
+        value_range = _check_finite(array, path)
+    else:
+        value_range = _check_finite_codes(array, code_values, path)
     note = None
     if (
         suffix in RASTER_SUFFIXES
@@ -144,7 +160,36 @@ def read_prediction(path: Path | str) -> Volume:
         value_range=value_range,
         unscaled_integers=unscaled_integers,
         note=note,
+        code_values=code_values,
     )
+
+
+def decode_prediction(volume: Volume) -> Volume:
+    """A prediction kept as codes (``Volume.code_values``) as the float32 Volume.
+
+    Equal, value for value and in memory layout, to ``read_prediction(path)``; a
+    float32 Volume is returned as it is.
+    """
+    if volume.code_values is None:
+        return volume
+    return replace(volume, array=_decode_codes(volume.array, volume.code_values), code_values=None)
+
+
+def _check_finite_codes(
+    codes: np.ndarray, code_values: np.ndarray, path: Path
+) -> tuple[float, float] | None:
+    """:func:`_check_finite` of the values of stored codes, from the codes present.
+
+    A scale factor maps codes to values in order (``k * slope + inter`` rounded),
+    so the smallest and largest code hold the extreme values; a non-finite value
+    (a huge ``scl_slope``) is reported by the float check itself.
+    """
+    if codes.size == 0:
+        return None
+    ends = code_values[[int(codes.min()), int(codes.max())]]
+    if not np.isfinite(ends).all():
+        _check_finite(_decode_codes(codes, code_values), path)
+    return float(ends.min()), float(ends.max())
 
 
 def read_label(path: Path | str) -> Volume:
