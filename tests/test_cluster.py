@@ -32,7 +32,7 @@ pytest.importorskip("distributed", reason="needs calibkit[distributed]")
 
 from calibkit import cluster as cluster_module
 from calibkit.cluster import DaskExecutor, cluster_executor, scheduler_choice
-from calibkit.errors import CalibkitError
+from calibkit.errors import CalibkitError, ClusterError
 from calibkit.io.checkpoint import PARTIAL_DIR
 
 DSC = "sample_data/predictions/dsc"  # relative to REPO: the workers must find it there
@@ -323,6 +323,59 @@ def test_a_killed_worker_costs_nothing_but_time(cluster: Cluster, tmp_path: Path
         client.wait_for_workers(2, timeout=START_TIMEOUT)  # its nanny starts a new one
         assert pids[busy[0]] not in client.run(os.getpid).values()
     same_files(tmp_path / "local", out)
+
+
+def test_a_scheduler_without_workers_and_a_case_that_kills_workers_are_one_line() -> None:
+    import dask.config
+    import distributed
+
+    # Dask gives up on a case once it has killed this many workers more than allowed.
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=0,
+            host="127.0.0.1",
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        ) as empty,
+    ):
+        with pytest.raises(CalibkitError, match=r"has no worker after 1 s.*dask worker"):
+            DaskExecutor(empty.scheduler_address, timeout=1).run(abs, {"c0": -1}, print)
+        empty.scale(1)
+        # os._exit(1) ends the worker process that runs it, as an out-of-memory kill would.
+        with pytest.raises(ClusterError, match="case c0: every Dask worker that ran it died"):
+            DaskExecutor(empty.scheduler_address).run(os._exit, {"c0": 1}, print)
+
+
+def test_a_cluster_failure_keeps_the_finished_cases_for_resume(tmp_path: Path) -> None:
+    class FailsAfterOneCase:
+        def run(self, task: Any, items: Any, on_result: Any) -> None:
+            first = next(iter(items))
+            on_result(first, task(items[first]))
+            raise ClusterError("the Dask cluster went away")
+
+    from calibkit.evaluate import evaluate_to_folder
+    from calibkit.records import EvaluationOptions
+
+    out = tmp_path / "out"
+    with pytest.raises(ClusterError, match=r"went away; the 1 finished case.*--resume"):
+        evaluate_to_folder(
+            SAMPLE_DATA / "predictions" / "dsc",
+            SAMPLE_DATA / "brats",
+            out,
+            EvaluationOptions(preset="brats"),
+            executor=FailsAfterOneCase(),
+        )
+    assert len(stored_cases(out)) == 1
+    local("evaluate", DSC, BRATS, "--preset", "brats", "--out", tmp_path / "local")
+    # Resumed here: the finished case comes from the store, the others are computed.
+    code, _, stderr = run_cli(
+        "evaluate", SAMPLE_DATA / "predictions" / "dsc", SAMPLE_DATA / "brats",
+        "--preset", "brats", "--out", out, "--resume", "--quiet",
+    )  # fmt: skip
+    assert code == 0, stderr
+    for name in ("per_image.csv", "summary.csv", "bins.npz"):
+        assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
 
 def test_ctrl_c_stops_the_cluster_run_and_resume_finishes_it(
