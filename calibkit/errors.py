@@ -34,6 +34,13 @@ class PairingError(CalibkitError):
     """Prediction and label folders do not pair up case by case."""
 
 
+class ClusterError(CalibkitError):
+    """The cluster running the cases failed them (``--scheduler``): not the input's fault.
+
+    Finished cases are kept for ``--resume``, as after a failed write.
+    """
+
+
 class OutputError(CalibkitError):
     """The output location cannot be written safely."""
 

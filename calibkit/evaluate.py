@@ -21,7 +21,7 @@ from pathlib import Path
 from calibkit._deprecation import moved_names
 from calibkit.assembly import assemble_evaluation
 from calibkit.cases import evaluate_case
-from calibkit.errors import CalibkitError, WriteError
+from calibkit.errors import CalibkitError, ClusterError, WriteError
 from calibkit.execution import Executor, executor_for, run_cases
 from calibkit.io.atomic import staged_folder
 from calibkit.io.checkpoint import CaseStore
@@ -139,6 +139,7 @@ def evaluate_to_folder(
     extra_files: Sequence[ExtraFiles] = (),
     progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> tuple[Evaluation, list[Path]]:
     """:func:`evaluate_folders`, then write the result files into ``out`` (``calibkit evaluate``).
 
@@ -149,7 +150,8 @@ def evaluate_to_folder(
     argument; it sees the tables there. The tables and those files are written
     beside any earlier result and replace it only once all are complete; when a
     write fails (a full disk, say) the earlier result stays as it was, and so do
-    the finished cases, for ``resume=True``.
+    the finished cases, for ``resume=True``. ``executor`` says where the cases run
+    (a Dask cluster, say; :func:`evaluate_folders`); the files are written here.
 
     Returns:
         The evaluation and the paths of the files written.
@@ -172,9 +174,13 @@ def evaluate_to_folder(
                 progress=progress,
                 on_start=on_start,
                 store=store,
+                executor=executor,
             )
         except WriteError:
             raise  # a case could not be stored: the finished ones stay for --resume
+        except ClusterError as error:
+            # Not the input's fault: the finished cases stay for --resume.
+            raise ClusterError(f"{error}; {store.resume_note()}") from None
         except CalibkitError:
             store.discard()
             raise

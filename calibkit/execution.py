@@ -1,15 +1,16 @@
 """Where per-case work runs: in this process, or in a pool of worker processes.
 
-The workflows (``evaluate``, ``fit-temperature``, ``apply-temperature``) hand
-:func:`run_cases` one task and the cases to run it on; an :class:`Executor` decides
-where each call runs, so the numeric code never knows. :func:`run_cases` keeps the
-rest in one place whatever the executor: cases an interrupted run already finished
-come from the store (``--resume``), each finished case is stored and reported as it
-ends, results come back in case order, and a failure (a bad case, a failed save,
-Ctrl-C) stops the cases not yet started.
+The workflows (``evaluate``, ``fit-temperature``, ``apply-temperature``, ``predict``)
+hand :func:`run_cases` one task and the cases to run it on; an :class:`Executor`
+decides where each call runs, so the numeric code never knows. :func:`run_cases`
+keeps the rest in one place whatever the executor: cases an interrupted run already
+finished come from the store (``--resume``), each finished case is stored and
+reported as it ends, results come back in case order, and a failure (a bad case, a
+failed save, Ctrl-C) stops the cases not yet started.
 
-A new backend (a cluster, say) implements :class:`Executor`: one method that runs a
-task on every item and reports each result in the calling process as it finishes.
+A new backend implements :class:`Executor`: one method that runs a task on every
+item and reports each result in the calling process as it finishes.
+:class:`calibkit.cluster.DaskExecutor` is one (``--scheduler``, a Dask cluster).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class PoolExecutor:
         items: Mapping[str, ItemT],
         on_result: Callable[[str, ResultT], None],
     ) -> None:
+        if len(items) <= 1:  # starting a pool for one case costs more than it saves
+            SerialExecutor().run(task, items, on_result)
+            return
         with self.pool(min(self.workers, len(items))) as pool:
             futures: dict[Future[ResultT], str] = {
                 pool.submit(task, item): key for key, item in items.items()
@@ -179,8 +183,7 @@ def run_cases(
 
     todo = {key: item for key, item in items.items() if key not in done}
     if todo:
-        runner = executor if executor is not None and len(todo) > 1 else SerialExecutor()
-        runner.run(task, todo, finished)
+        (executor or SerialExecutor()).run(task, todo, finished)
     return [done[key] for key in items]
 
 

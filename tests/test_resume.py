@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from calibkit.cli import app
-from calibkit.io.checkpoint import LOCK_FILE, PARTIAL_DIR
+from calibkit.io.checkpoint import LOCK_FILE, PARTIAL_DIR, CaseStore
+from calibkit.records import CaseResult
 
 AFFINE = np.eye(4)
 N_CASES = 16
@@ -125,3 +126,29 @@ def test_resume_without_an_unfinished_run(dataset: tuple[Path, Path], tmp_path: 
     code, stderr = evaluate(preds, labels, "--out", tmp_path / "fresh", "--resume")
     assert code == 1 and "no unfinished run" in stderr
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_save_cut_short_is_recomputed_on_resume(
+    dataset: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill or Ctrl-C in the middle of a save leaves the save's hidden, empty temporary file."""
+    preds, labels = dataset
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert evaluate(preds, labels, "--out", reference)[0] == 0
+    saved: list[str] = []
+    save = CaseStore.save
+
+    def save_cut_short(self: CaseStore, result: CaseResult) -> None:
+        if len(saved) == 2:
+            (self.partial / f".{result.case_id}.1f2e3d4c.tmp.npz").touch()
+            raise KeyboardInterrupt
+        saved.append(result.case_id)
+        save(self, result)
+
+    monkeypatch.setattr(CaseStore, "save", save_cut_short)
+    assert evaluate(preds, labels, "--out", out)[0] == 130
+    monkeypatch.undo()
+    code, stderr = evaluate(preds, labels, "--out", out, "--resume")
+    assert code == 0, stderr
+    for name in ("per_image.csv", "summary.csv", "summary.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()

@@ -27,6 +27,11 @@ from calibkit.cli.class_options import (
     RegionOption,
     class_choice,
 )
+from calibkit.cli.cluster_options import (
+    SchedulerOption,
+    SchedulerTimeoutOption,
+    cluster_executor,
+)
 from calibkit.formatting import format_mean_std, format_number
 
 if TYPE_CHECKING:
@@ -102,6 +107,8 @@ def evaluate_cli(
         typer.Option("--ignore-geometry", help="Warn instead of failing on affine mismatches."),
     ] = False,
     workers: Annotated[int, typer.Option(help="Cases processed in parallel processes.")] = 1,
+    scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     backend: Annotated[
         Backend,
         typer.Option(
@@ -157,6 +164,7 @@ def evaluate_cli(
         from calibkit.io.pairing import DEFAULT_CASE_SUFFIXES
         from calibkit.plots import check_columns, check_max_classes, save_evaluation_figures
 
+        executor = cluster_executor(scheduler, scheduler_timeout, workers=workers)
         options = EvaluationOptions(
             n_bins=n_bins,
             dice_threshold=dice_threshold,
@@ -202,6 +210,7 @@ def evaluate_cli(
                 out,
                 options,
                 workers=workers,
+                executor=executor,
                 resume=resume,
                 overwrite=overwrite,
                 extra_files=[figures] if plots else [],

@@ -26,6 +26,11 @@ from calibkit.cli.class_options import (
     RegionOption,
     class_choice,
 )
+from calibkit.cli.cluster_options import (
+    SchedulerOption,
+    SchedulerTimeoutOption,
+    cluster_executor,
+)
 from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
@@ -88,6 +93,8 @@ def fit_temperature_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace --out if it exists.")
     ] = False,
+    scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -121,6 +128,7 @@ def fit_temperature_cli(
             backend="numpy",
         )
         check_output_file(out, overwrite=overwrite)
+        executor = cluster_executor(scheduler, scheduler_timeout)
         with case_progress(show_progress(quiet)) as (on_start, advance):
             result = fit_temperature_folder(
                 predictions,
@@ -132,6 +140,7 @@ def fit_temperature_cli(
                 activation=activation.value,
                 progress=advance,
                 on_start=on_start,
+                executor=executor,
             )
         save_temperature(result, out)
         for note in result.warnings:
@@ -198,6 +207,8 @@ def apply_temperature_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace maps already in --out.")
     ] = False,
+    scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -216,6 +227,7 @@ def apply_temperature_cli(
             suffixes=tuple(DEFAULT_CASE_SUFFIXES) + tuple(suffix or ()),
             backend="numpy",
         )
+        executor = cluster_executor(scheduler, scheduler_timeout)
         with case_progress(show_progress(quiet)) as (on_start, advance):
             applied = apply_temperature_folder(
                 predictions,
@@ -225,6 +237,7 @@ def apply_temperature_cli(
                 overwrite=overwrite,
                 progress=advance,
                 on_start=on_start,
+                executor=executor,
             )
         if not quiet:
             stdout.print(

@@ -10,6 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from calibkit.cli.app import app, case_progress, show_progress, stderr, stdout, user_errors
+from calibkit.cli.cluster_options import (
+    SchedulerOption,
+    SchedulerTimeoutOption,
+    cluster_executor,
+)
 from calibkit.formatting import format_number
 
 if TYPE_CHECKING:
@@ -337,6 +342,8 @@ def predict_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace predictions already in --out.")
     ] = False,
+    scheduler: SchedulerOption = None,
+    scheduler_timeout: SchedulerTimeoutOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -351,6 +358,7 @@ def predict_cli(
         from calibkit.train.predict import predict_folder
 
         started = time.perf_counter()
+        executor = cluster_executor(scheduler, scheduler_timeout)
         with case_progress(show_progress(quiet)) as (on_start, advance):
             result = predict_folder(
                 checkpoint,
@@ -367,6 +375,7 @@ def predict_cli(
                 overwrite=overwrite,
                 on_start=on_start,
                 progress=advance,
+                executor=executor,
             )
         if not quiet:
             seconds = time.perf_counter() - started

@@ -190,7 +190,12 @@ class CaseStore:
 
     def done_ids(self) -> list[str]:
         """Case ids with a stored result."""
-        return sorted(path.name[: -len(".npz")] for path in self.partial.glob("*.npz"))
+        # Not the hidden temporary file of a save that a kill (or Ctrl-C) cut short.
+        return sorted(
+            path.name[: -len(".npz")]
+            for path in self.partial.glob("*.npz")
+            if not path.name.startswith(".")
+        )
 
     def load_done(self) -> dict[str, CaseResult]:
         """Stored results by case id (unreadable ones are dropped and recomputed)."""
@@ -248,5 +253,5 @@ def _read_case(path: Path, case_id: str) -> CaseResult | None:
                 n_voxels=int(data["n_voxels"]),
                 warnings=tuple(str(note) for note in data["warnings"]),
             )
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError):  # EOFError: an empty file
         return None

@@ -8,6 +8,10 @@ of the case's first image: the 4-channel softmax (BG, NCR, ED, ET), or with
 written atomically; ``calibkit evaluate OUT DATA --preset brats`` pairs them.
 When a write fails (a full disk, say), the error says how many cases were
 written before it; no file is ever left half-written under its final name.
+
+Each case is one task of :func:`calibkit.execution.run_cases`: here by default, or
+on the (GPU) workers of a Dask cluster (``--scheduler``), where each worker loads the
+model once, predicts its cases and writes their files itself.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +30,12 @@ import numpy.typing as npt
 from calibkit._version import __version__
 from calibkit.classes import class_probability, resolve_classes
 from calibkit.errors import CalibkitError, OutputError, WriteError
+from calibkit.execution import Executor, run_cases
 from calibkit.io.atomic import atomic_write_text, unwritable_reason, write_error
 from calibkit.io.writing import write_prediction
 from calibkit.train.config import TrainConfig, parse_patch_size
-from calibkit.train.data import find_cases, load_case, val_transforms
-from calibkit.train.model import load_model, require_monai
+from calibkit.train.data import Case, find_cases, load_case, val_transforms
+from calibkit.train.model import LoadedModel, load_model, require_monai
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +63,7 @@ class PredictResult:
         logits: the logit maps (``save_logits``), else empty.
         case_ids: the cases, sorted.
         seconds: wall time.
-        device: the torch device used.
+        device: the torch device used (on a cluster: each device the workers used).
     """
 
     out: Path
@@ -160,6 +166,7 @@ def predict_folder(
     overwrite: bool = False,
     on_start: Callable[[int], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> PredictResult:
     """Predict every case of ``data`` with a trained model and write probability maps.
 
@@ -182,6 +189,9 @@ def predict_folder(
         overwrite: replace predictions already in ``out``.
         on_start: called with the number of cases before the first one.
         progress: called with each case id when its file is written.
+        executor: where the cases run (:mod:`calibkit.execution`); default: here.
+            Elsewhere (a Dask cluster) ``device`` is resolved on each worker, which
+            loads the model once and writes its cases' files.
 
     Returns:
         :class:`PredictResult`.
@@ -202,8 +212,11 @@ def predict_folder(
     logits_dir = out.with_name(out.name + "_logits")
     targets = [out, logits_dir] if save_logits else [out]
     _check_output(targets, dataset.root, overwrite)
-    torch_device = resolve_device(device)
-    loaded = load_model(checkpoint, torch_device)
+    # Here the model predicts; for a cluster it is read (on the CPU) for its settings
+    # and each worker resolves the device and loads it for itself.
+    here = executor is None
+    torch_device = resolve_device(device) if here else torch.device("cpu")
+    loaded = _model_on(Path(checkpoint), torch_device)
     trained = loaded.config or {}
     defaults = TrainConfig()
     roi = parse_patch_size(
@@ -222,38 +235,42 @@ def predict_folder(
             raise write_error(folder, error) from None
     if on_start is not None:
         on_start(len(dataset.cases))
-    files: list[Path] = []
-    logit_files: list[Path] = []
-    for case in dataset.cases:
-        loaded_case = load_case(case, dataset.label_map, with_label=False)
-        logits = sliding_window_logits(
-            loaded.model,
-            loaded_case.image,
-            roi_size=roi,
-            sw_batch_size=windows,
-            overlap=overlap,
-            device=torch_device,
-            amp=amp,
-        )
-        probabilities = torch.softmax(logits, dim=0).numpy()
-        if regions:
-            probabilities = region_probabilities(probabilities)
-        target = out / f"{case.case_id}{PREDICTION_SUFFIX}"
-        try:
-            write_prediction(target, probabilities, loaded_case.reference, storage=storage)
-            if save_logits:
-                logit_path = logits_dir / f"{case.case_id}{PREDICTION_SUFFIX}"
-                write_prediction(
-                    logit_path, logits.numpy(), loaded_case.reference, storage="float32"
-                )
-                logit_files.append(logit_path)
-        except WriteError as error:
-            raise error.noted(
-                f"{len(files)} of {len(dataset.cases)} case(s) were written before it"
-            ) from None
-        files.append(target)
+    job = _PredictionJob(
+        checkpoint=Path(checkpoint),
+        device=str(torch_device) if here else device,
+        roi=tuple(roi),
+        windows=windows,
+        overlap=overlap,
+        amp=amp,
+        regions=regions,
+        storage=storage,
+        out=out,
+        logits_dir=logits_dir if save_logits else None,
+        label_map=dataset.label_map,
+    )
+    written: list[str] = []
+
+    def finished(case_id: str) -> None:
+        written.append(case_id)
         if progress is not None:
-            progress(case.case_id)
+            progress(case_id)
+
+    try:
+        outputs = run_cases(
+            partial(_predict_case, job=job),
+            {case.case_id: case for case in dataset.cases},
+            executor=executor,
+            progress=finished,
+        )
+    except WriteError as error:
+        raise error.noted(
+            f"{len(written)} of {len(dataset.cases)} case(s) were written before it"
+        ) from None
+    finally:
+        _MODELS.clear()  # a worker keeps its model for its next case; this process not
+    files = [output.prediction for output in outputs]
+    logit_files = [output.logits for output in outputs if output.logits is not None]
+    used_devices = ", ".join(sorted({output.device for output in outputs})) or str(torch_device)
     seconds = time.perf_counter() - started
     record: dict[str, Any] = {
         "calibkit_version": __version__,
@@ -266,8 +283,8 @@ def predict_folder(
         "patch_size": list(roi),
         "sw_batch_size": windows,
         "sw_overlap": overlap,
-        "device": str(torch_device),
-        "amp": bool(amp and torch_device.type == "cuda"),
+        "device": used_devices,
+        "amp": bool(amp and "cuda" in used_devices),
         "case_ids": [case.case_id for case in dataset.cases],
         "seconds": round(seconds, 3),
     }
@@ -283,8 +300,79 @@ def predict_folder(
         logits=tuple(logit_files),
         case_ids=tuple(case.case_id for case in dataset.cases),
         seconds=seconds,
-        device=str(torch_device),
+        device=used_devices,
     )
+
+
+@dataclass(frozen=True)
+class _PredictionJob:
+    """What every case's task needs (small: it travels to each worker with the case)."""
+
+    checkpoint: Path
+    device: str | None
+    roi: tuple[int, ...]
+    windows: int
+    overlap: float
+    amp: bool
+    regions: bool
+    storage: str
+    out: Path
+    logits_dir: Path | None
+    label_map: dict[int, int]
+
+
+@dataclass(frozen=True)
+class _CaseOutput:
+    """What a case's task sends back: the files it wrote and the device it used."""
+
+    prediction: Path
+    logits: Path | None
+    device: str
+
+
+# The model a process last loaded, by (checkpoint, its size and time, device): a worker
+# of a cluster loads it for its first case and keeps it for the next ones.
+_MODELS: dict[tuple[str, int, int, str], LoadedModel] = {}
+
+
+def _model_on(checkpoint: Path, device: torch.device) -> LoadedModel:
+    try:
+        stat = checkpoint.stat()
+        key = (str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
+    except OSError:
+        return load_model(checkpoint, device)  # names the file and the problem
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(checkpoint, device)
+    return _MODELS[key]
+
+
+def _predict_case(case: Case, *, job: _PredictionJob) -> _CaseOutput:
+    """Predict one case and write its map (and logits): a task of :func:`predict_folder`."""
+    import torch
+
+    device = resolve_device(job.device)
+    loaded = _model_on(job.checkpoint, device)
+    loaded_case = load_case(case, job.label_map, with_label=False)
+    logits = sliding_window_logits(
+        loaded.model,
+        loaded_case.image,
+        roi_size=job.roi,
+        sw_batch_size=job.windows,
+        overlap=job.overlap,
+        device=device,
+        amp=job.amp,
+    )
+    probabilities = torch.softmax(logits, dim=0).numpy()
+    if job.regions:
+        probabilities = region_probabilities(probabilities)
+    target = job.out / f"{case.case_id}{PREDICTION_SUFFIX}"
+    write_prediction(target, probabilities, loaded_case.reference, storage=job.storage)
+    logit_path = None
+    if job.logits_dir is not None:
+        logit_path = job.logits_dir / f"{case.case_id}{PREDICTION_SUFFIX}"
+        write_prediction(logit_path, logits.numpy(), loaded_case.reference, storage="float32")
+    return _CaseOutput(target, logit_path, str(device))
 
 
 def _check_output(targets: Sequence[Path], data: Path, overwrite: bool) -> None:
