@@ -39,10 +39,13 @@ DSC = "sample_data/predictions/dsc"  # relative to REPO: the workers must find i
 BRATS = "sample_data/brats"
 SLOW_FOLDER = "slow-cases"
 SLOW_SECONDS = 0.6
+KILL_MARKER = "kill-the-worker-of-case05"
 # Loaded by each worker: cases under a folder named slow-cases take SLOW_SECONDS longer,
 # so that a worker can be killed while the run is surely still going. The task is
 # still calibkit's own (pickled by name, so the workers look it up in the module).
 SLOW_PRELOAD = f"""
+import os
+import signal
 import time
 import calibkit.cases
 
@@ -54,6 +57,16 @@ calibkit.cases._original_evaluate_case = _evaluate_case
 def _slow_evaluate_case(pair, *args, **kwargs):
     if {SLOW_FOLDER!r} in pair.prediction.parts:
         time.sleep({SLOW_SECONDS})
+        # A marker beside the folders kills the first worker that takes case 05, in the
+        # middle of its task: a kill -9 at a known point, whatever the machine's load.
+        marker = pair.prediction.parent.parent / {KILL_MARKER!r}
+        if pair.case_id == "case05":
+            try:
+                os.rename(marker, marker.with_suffix(".used"))  # one worker wins
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
     return _evaluate_case(pair, *args, **kwargs)
 
 
@@ -290,38 +303,29 @@ def test_an_unreachable_scheduler_is_one_line_within_the_timeout(tmp_path: Path)
 
 
 def test_a_killed_worker_costs_nothing_but_time(cluster: Cluster, tmp_path: Path) -> None:
-    """SIGKILL a worker busy with a case once the first case is stored: Dask reruns it."""
+    """A worker SIGKILLed in the middle of a case: Dask reruns the case elsewhere.
+
+    The worker kills itself (the preload above) when it takes case05 while the marker
+    exists; the marker is renamed first, so the rerun goes through.
+    """
     preds, labels = tmp_path / SLOW_FOLDER / "preds", tmp_path / "labels"
     n_cases = 10
     write_cases(preds, labels, n_cases)
     local("evaluate", preds, labels, "--out", tmp_path / "local")
+    marker = tmp_path / SLOW_FOLDER / KILL_MARKER
+    marker.touch()
 
     out = tmp_path / "cluster"
     with cluster.client() as client:
         client.wait_for_workers(2, timeout=START_TIMEOUT)
-        pids = client.run(os.getpid)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "calibkit", "evaluate", str(preds), str(labels),
-             "--out", str(out), "--scheduler", cluster.address, "--quiet"],
-            env=environment(),
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + RUN_TIMEOUT
-            while not stored_cases(out) and process.poll() is None:
-                assert time.monotonic() < deadline, "no case finished"
-                time.sleep(0.02)
-            busy = [worker for worker, keys in client.processing().items() if keys]
-            assert process.poll() is None and busy and len(stored_cases(out)) < n_cases
-            os.kill(pids[busy[0]], signal.SIGKILL)
-            _, stderr = process.communicate(timeout=RUN_TIMEOUT)
-        finally:
-            stop(process)
-        assert process.returncode == 0, stderr + cluster.logs()
+        before = set(client.run(os.getpid).values())
+        done = calibkit(
+            "evaluate", preds, labels, "--out", out, "--scheduler", cluster.address, "--quiet"
+        )
+        assert done.returncode == 0, done.stderr + cluster.logs()
+        assert not marker.exists() and marker.with_suffix(".used").exists()
         client.wait_for_workers(2, timeout=START_TIMEOUT)  # its nanny starts a new one
-        assert pids[busy[0]] not in client.run(os.getpid).values()
+        assert set(client.run(os.getpid).values()) != before
     same_files(tmp_path / "local", out)
 
 
@@ -389,16 +393,30 @@ def test_ctrl_c_stops_the_cluster_run_and_resume_finishes_it(
     out = tmp_path / "cluster"
     command = [sys.executable, "-m", "calibkit", "evaluate", str(preds), str(labels),
                "--out", str(out), "--scheduler", cluster.address, "--quiet"]  # fmt: skip
+    # The client sends itself SIGINT (what Ctrl-C sends) right after storing its first
+    # case: an interrupt at a known point, whatever the machine's load (a watcher
+    # that polls and then signals can be outrun by the remaining cases).
+    interrupt_after_one = (
+        "import os, signal, sys\n"
+        "from calibkit.io.checkpoint import CaseStore\n"
+        "save = CaseStore.save\n"
+        "def save_then_interrupt(self, result):\n"
+        "    save(self, result)\n"
+        "    if len(self.done_ids()) == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "CaseStore.save = save_then_interrupt\n"
+        "from calibkit.cli import main\n"
+        "sys.argv[0] = 'calibkit'\n"
+        "main()\n"
+    )
     process = subprocess.Popen(
-        command, env=environment(), stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", interrupt_after_one, *command[3:]],
+        env=environment(),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while not stored_cases(out) and process.poll() is None:
-            assert time.monotonic() < deadline, "no case finished"
-            time.sleep(0.02)
-        assert process.poll() is None
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         _, stderr = process.communicate(timeout=RUN_TIMEOUT)
     finally:
         stop(process)
